@@ -1,0 +1,905 @@
+//! Pairwise distances between two sets of embeddings on the GPU.
+//!
+//! For X (N x D) and Y (M x D), row-major `f32`, the output is the N x M
+//! row-major matrix `out[i * M + j] = d(x_i, y_j)` with
+//!
+//! | [`Distance`] | d(x, y) |
+//! |---|---|
+//! | `Euclidean` | `‖x − y‖₂` |
+//! | `SquaredEuclidean` | `‖x − y‖₂²` |
+//! | `Cosine` | `1 − x·y / (‖x‖ ‖y‖)`, 1 where a norm is 0 (cos = 0) |
+//! | `Dot` | `x·y` (a similarity: larger is closer) |
+//!
+//! With [`DistanceOptions::normalize`] every row is first replaced by
+//! `x / ‖x‖` (rows of norm 0 stay 0).
+//!
+//! Accuracy: Euclidean distances accumulate `(x_k − y_k)²` directly, never
+//! `‖x‖² + ‖y‖² − 2 x·y`, so identical rows are exactly 0 apart, rows
+//! `[512695.0]` and `[512804.0]` are 109 apart (the expansion gives 0 in
+//! `f32`), and finite input never gives NaN (a distance beyond `f32::MAX`
+//! gives `+inf`). Cosine distance is computed as `‖u − v‖² / 2` on the
+//! normalised rows, equal to `1 − cos` without its cancellation.
+//!
+//! The kernel is `shaders/distance.wgsl`; its CPU mirror is
+//! [`crate::reference::distance`].
+
+use std::sync::Mutex;
+
+use wgpu::util::DeviceExt;
+
+use crate::context::{ChunkLimits, GpuContext};
+use crate::error::{Error, Result};
+use crate::workspace::GrowableBuffer;
+
+const SHADER: &str = include_str!("../shaders/distance.wgsl");
+/// Outputs per side of one workgroup's tile in `pairwise`.
+const TILE: usize = 64;
+/// Bytes per `f32` value.
+const BYTES_PER_VALUE: u64 = 4;
+
+/// A distance (or, for `Dot`, a similarity) between two rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Distance {
+    /// `‖x − y‖₂`.
+    #[default]
+    Euclidean,
+    /// `‖x − y‖₂²`.
+    SquaredEuclidean,
+    /// `1 − x·y / (‖x‖ ‖y‖)`, in `[0, 2]`; 1 where either norm is 0.
+    Cosine,
+    /// `x·y`, a similarity (larger = closer); for distances and mining only.
+    Dot,
+}
+
+impl Distance {
+    /// Every kind, in shader-code order.
+    pub const ALL: [Distance; 4] = [
+        Distance::Euclidean,
+        Distance::SquaredEuclidean,
+        Distance::Cosine,
+        Distance::Dot,
+    ];
+
+    /// The value of `DISTANCE_KIND` in `shaders/distance.wgsl`.
+    pub(crate) const fn shader_code(self) -> u32 {
+        match self {
+            Distance::Euclidean => 0,
+            Distance::SquaredEuclidean => 1,
+            Distance::Cosine => 2,
+            Distance::Dot => 3,
+        }
+    }
+
+    /// True for [`Distance::Dot`], where larger means closer.
+    pub const fn is_similarity(self) -> bool {
+        matches!(self, Distance::Dot)
+    }
+}
+
+/// Which distance, and whether rows are L2-normalised first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct DistanceOptions {
+    /// The distance.
+    pub distance: Distance,
+    /// Replace each row by `x / ‖x‖` first (rows of norm 0 stay 0).
+    pub normalize: bool,
+}
+
+impl DistanceOptions {
+    /// `distance` on the rows as given.
+    pub const fn new(distance: Distance) -> Self {
+        Self {
+            distance,
+            normalize: false,
+        }
+    }
+
+    /// The same distance on L2-normalised rows.
+    pub const fn normalized(self) -> Self {
+        Self {
+            normalize: true,
+            ..self
+        }
+    }
+
+    /// Whether the prepared rows are divided by their norm: cosine distance
+    /// always works on normalised rows.
+    pub(crate) const fn normalizes_rows(self) -> bool {
+        self.normalize || matches!(self.distance, Distance::Cosine)
+    }
+}
+
+/// Sizes of a pairwise computation: X is `n x d`, Y is `m x d`, the output
+/// `n x m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairwiseShape {
+    /// Rows of X (output rows).
+    pub n: usize,
+    /// Rows of Y (output columns).
+    pub m: usize,
+    /// Values per row.
+    pub d: usize,
+}
+
+impl PairwiseShape {
+    /// X is `n x d`, Y is `m x d`.
+    pub const fn new(n: usize, m: usize, d: usize) -> Self {
+        Self { n, m, d }
+    }
+
+    /// Checks that every dimension is at least 1 and the sizes fit in memory.
+    pub fn validate(&self) -> Result<()> {
+        for (value, name) in [
+            (self.n, "N (rows of X)"),
+            (self.m, "M (rows of Y)"),
+            (self.d, "D (values per row)"),
+        ] {
+            if value == 0 {
+                return Err(Error::ZeroDimension { name });
+            }
+        }
+        self.x_len()?;
+        self.y_len()?;
+        self.output_len()?;
+        Ok(())
+    }
+
+    /// Values in X: `n * d`.
+    pub fn x_len(&self) -> Result<usize> {
+        self.n
+            .checked_mul(self.d)
+            .ok_or(Error::SizeOverflow { what: "N * D" })
+    }
+
+    /// Values in Y: `m * d`.
+    pub fn y_len(&self) -> Result<usize> {
+        self.m
+            .checked_mul(self.d)
+            .ok_or(Error::SizeOverflow { what: "M * D" })
+    }
+
+    /// Values in the output: `n * m`.
+    pub fn output_len(&self) -> Result<usize> {
+        self.n
+            .checked_mul(self.m)
+            .ok_or(Error::SizeOverflow { what: "N * M" })
+    }
+
+    /// Validates the shape and the lengths of `x` and `y` against it.
+    pub fn check_slices(&self, x: &[f32], y: &[f32]) -> Result<()> {
+        self.validate()?;
+        check_len("X", self.x_len()?, x.len())?;
+        check_len("Y", self.y_len()?, y.len())
+    }
+}
+
+fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::LengthMismatch {
+            what,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Caller-owned device buffers for [`GpuContext::record_pairwise_distances`].
+///
+/// `x` holds `n * d` and `y` holds `m * d` row-major `f32` values from
+/// offset 0; `out` receives `n * m` values. All three need
+/// `BufferUsages::STORAGE`.
+#[derive(Clone, Copy, Debug)]
+pub struct DistanceBuffers<'a> {
+    /// X, `n x d`.
+    pub x: &'a wgpu::Buffer,
+    /// Y, `m x d`.
+    pub y: &'a wgpu::Buffer,
+    /// The `n x m` output.
+    pub out: &'a wgpu::Buffer,
+}
+
+impl GpuContext {
+    /// Computes the `n x m` distance matrix between the rows of `x` and `y`
+    /// (see [the module docs](crate::distance) for the formulas) and returns
+    /// it row-major.
+    ///
+    /// Work larger than one storage binding, one buffer or one dispatch is
+    /// split into blocks and read back block by block, so the output may
+    /// exceed the device's buffer size.
+    pub fn pairwise_distances(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        shape: PairwiseShape,
+        options: DistanceOptions,
+    ) -> Result<Vec<f32>> {
+        shape.check_slices(x, y)?;
+        let kernels = self.distance_kernels()?;
+        let limits = self.chunk_limits();
+        let plan = BlockPlan::new(shape, limits, OutputLayout::Compact)?;
+        let total = shape.output_len()?;
+        let mut result = Vec::new();
+        result
+            .try_reserve_exact(total)
+            .map_err(|_| Error::SizeOverflow {
+                what: "the N x M output in host memory",
+            })?;
+        result.resize(total, 0.0f32);
+
+        let mut workspace = kernels
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.with_error_scope("computing pairwise distances", || {
+            let device = self.device();
+            let queue = self.queue();
+            let d = shape.d;
+            let vec_dim = plan.vec_dim;
+            let max_buffer = limits.max_buffer_bytes;
+            let ws = &mut *workspace;
+            for block in plan.blocks() {
+                let mut encoder = device.create_command_encoder(&Default::default());
+                let prepared_bytes = |rows: usize| rows as u64 * vec_dim as u64 * 16;
+                let prepared_y =
+                    ws.prepared_y
+                        .ensure(device, prepared_bytes(block.cols), max_buffer)?;
+                let norms_y = ws
+                    .norms_y
+                    .ensure(device, bytes_of(block.cols), max_buffer)?;
+                if block.first_of_column_chunk {
+                    let upload =
+                        ws.upload_y
+                            .ensure(device, bytes_of(block.cols * d), max_buffer)?;
+                    let rows = &y[block.col0 * d..(block.col0 + block.cols) * d];
+                    queue.write_buffer(&upload, 0, bytemuck::cast_slice(rows));
+                    let source = RowSource::new(&upload, 0, block.cols, d);
+                    kernels.record_prepare(
+                        self,
+                        &mut encoder,
+                        source,
+                        options,
+                        &prepared_y,
+                        &norms_y,
+                    )?;
+                }
+                let prepared_x =
+                    ws.prepared_x
+                        .ensure(device, prepared_bytes(block.rows), max_buffer)?;
+                let norms_x = ws
+                    .norms_x
+                    .ensure(device, bytes_of(block.rows), max_buffer)?;
+                if block.first_of_column_chunk || plan.row_chunks > 1 {
+                    let upload =
+                        ws.upload_x
+                            .ensure(device, bytes_of(block.rows * d), max_buffer)?;
+                    let rows = &x[block.row0 * d..(block.row0 + block.rows) * d];
+                    queue.write_buffer(&upload, 0, bytemuck::cast_slice(rows));
+                    let source = RowSource::new(&upload, 0, block.rows, d);
+                    kernels.record_prepare(
+                        self,
+                        &mut encoder,
+                        source,
+                        options,
+                        &prepared_x,
+                        &norms_x,
+                    )?;
+                }
+                let block_values = block.rows * block.cols;
+                let out = ws
+                    .out_block
+                    .ensure(device, bytes_of(block_values), max_buffer)?;
+                kernels.record_pairwise(
+                    self,
+                    &mut encoder,
+                    options.distance,
+                    PairwiseOperands {
+                        rows: block.rows,
+                        cols: block.cols,
+                        vec_dim,
+                        prepared_x: &prepared_x,
+                        prepared_y: &prepared_y,
+                        norms_x: &norms_x,
+                        norms_y: &norms_y,
+                    },
+                    OutputRange {
+                        buffer: &out,
+                        first_value: 0,
+                        row_stride: block.cols,
+                    },
+                )?;
+                let staging = ws
+                    .staging
+                    .ensure(device, bytes_of(block_values), max_buffer)?;
+                encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, bytes_of(block_values));
+                queue.submit([encoder.finish()]);
+                let values: Vec<f32> = self.read_back(&staging, bytes_of(block_values))?;
+                for (r, row_values) in values.chunks_exact(block.cols).enumerate() {
+                    let start = (block.row0 + r) * shape.m + block.col0;
+                    result[start..start + block.cols].copy_from_slice(row_values);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(result)
+    }
+
+    /// Records the distance matrix between the rows of `buffers.x` and
+    /// `buffers.y` into `buffers.out` (row-major `n x m`) on the caller's
+    /// encoder. Nothing is submitted and nothing waits on the device: the
+    /// result is there once the caller submits the encoder.
+    ///
+    /// Work larger than one storage binding or one dispatch is split into
+    /// blocks, all recorded here. Each call records its own row preparation
+    /// before the distances, so several calls may share one encoder.
+    pub fn record_pairwise_distances(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: DistanceBuffers<'_>,
+        shape: PairwiseShape,
+        options: DistanceOptions,
+    ) -> Result<()> {
+        shape.validate()?;
+        check_buffer("x", buffers.x, shape.x_len()?, wgpu::BufferUsages::STORAGE)?;
+        check_buffer("y", buffers.y, shape.y_len()?, wgpu::BufferUsages::STORAGE)?;
+        check_buffer(
+            "out",
+            buffers.out,
+            shape.output_len()?,
+            wgpu::BufferUsages::STORAGE,
+        )?;
+        let kernels = self.distance_kernels()?;
+        let limits = self.chunk_limits();
+        let plan = BlockPlan::new(shape, limits, OutputLayout::Full)?;
+        let device = self.device();
+        let max_buffer = limits.max_buffer_bytes;
+        let mut workspace = kernels
+            .workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ws = &mut *workspace;
+        let vec_dim = plan.vec_dim;
+        for block in plan.blocks() {
+            let prepared_bytes = |rows: usize| rows as u64 * vec_dim as u64 * 16;
+            let prepared_y =
+                ws.prepared_y
+                    .ensure(device, prepared_bytes(block.cols), max_buffer)?;
+            let norms_y = ws
+                .norms_y
+                .ensure(device, bytes_of(block.cols), max_buffer)?;
+            if block.first_of_column_chunk {
+                let source = RowSource::new(buffers.y, block.col0, block.cols, shape.d);
+                kernels.record_prepare(self, encoder, source, options, &prepared_y, &norms_y)?;
+            }
+            let prepared_x =
+                ws.prepared_x
+                    .ensure(device, prepared_bytes(block.rows), max_buffer)?;
+            let norms_x = ws
+                .norms_x
+                .ensure(device, bytes_of(block.rows), max_buffer)?;
+            if block.first_of_column_chunk || plan.row_chunks > 1 {
+                let source = RowSource::new(buffers.x, block.row0, block.rows, shape.d);
+                kernels.record_prepare(self, encoder, source, options, &prepared_x, &norms_x)?;
+            }
+            kernels.record_pairwise(
+                self,
+                encoder,
+                options.distance,
+                PairwiseOperands {
+                    rows: block.rows,
+                    cols: block.cols,
+                    vec_dim,
+                    prepared_x: &prepared_x,
+                    prepared_y: &prepared_y,
+                    norms_x: &norms_x,
+                    norms_y: &norms_y,
+                },
+                OutputRange {
+                    buffer: buffers.out,
+                    first_value: block.row0 as u64 * shape.m as u64 + block.col0 as u64,
+                    row_stride: shape.m,
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn bytes_of(values: usize) -> u64 {
+    values as u64 * BYTES_PER_VALUE
+}
+
+fn check_buffer(
+    what: &'static str,
+    buffer: &wgpu::Buffer,
+    values: usize,
+    usage: wgpu::BufferUsages,
+) -> Result<()> {
+    let missing = usage - buffer.usage();
+    if !missing.is_empty() {
+        return Err(Error::BufferUsage { what, missing });
+    }
+    let needed = bytes_of(values);
+    if buffer.size() < needed {
+        return Err(Error::BufferTooSmall {
+            what,
+            needed,
+            actual: buffer.size(),
+        });
+    }
+    Ok(())
+}
+
+/// Where the output rows go: the caller's full `n x m` matrix, or a compact
+/// block buffer of the crate's own that is read back block by block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OutputLayout {
+    Full,
+    Compact,
+}
+
+/// How a pairwise computation is split into blocks of output rows and
+/// columns so that every binding, buffer and dispatch fits the device.
+#[derive(Clone, Copy, Debug)]
+struct BlockPlan {
+    shape: PairwiseShape,
+    /// vec4s per prepared row: `ceil(d / 4)`.
+    vec_dim: usize,
+    row_chunk: usize,
+    col_chunk: usize,
+    row_chunks: usize,
+}
+
+/// One block of output: rows `row0..row0 + rows`, columns `col0..col0 + cols`.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    cols: usize,
+    /// Y's chunk changes here, so it must be prepared.
+    first_of_column_chunk: bool,
+}
+
+impl BlockPlan {
+    fn new(shape: PairwiseShape, limits: ChunkLimits, layout: OutputLayout) -> Result<Self> {
+        let vec_dim = shape.d.div_ceil(4);
+        let binding = limits.max_binding_bytes;
+        let values_per_binding = binding / BYTES_PER_VALUE;
+        let alignment_values = limits.storage_offset_alignment / BYTES_PER_VALUE;
+        let prepared_row_bytes = vec_dim as u64 * 16;
+        if prepared_row_bytes > binding {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "one row of D = {} values (padded to a multiple of 4)",
+                    shape.d
+                ),
+                needed: prepared_row_bytes,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+            });
+        }
+        let source_rows_per_binding =
+            values_per_binding.saturating_sub(alignment_values) / shape.d as u64;
+        if source_rows_per_binding == 0 {
+            return Err(Error::TooLarge {
+                what: format!(
+                    "one row of D = {} values plus its offset alignment",
+                    shape.d
+                ),
+                needed: bytes_of(shape.d) + limits.storage_offset_alignment,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+            });
+        }
+        let rows_per_dispatch = u64::from(limits.max_workgroups_per_dimension) * TILE as u64;
+        let rows_per_binding = (binding / prepared_row_bytes)
+            .min(source_rows_per_binding)
+            .min(rows_per_dispatch);
+        // An output row of the block must fit one binding after alignment.
+        let output_values = values_per_binding.saturating_sub(alignment_values);
+        let col_chunk = (shape.m as u64).min(rows_per_binding).min(output_values);
+        let output_rows = match layout {
+            // (rows - 1) * m + cols values, plus the alignment shift.
+            OutputLayout::Full => (output_values - col_chunk) / shape.m as u64 + 1,
+            OutputLayout::Compact => values_per_binding / col_chunk,
+        };
+        let row_chunk = (shape.n as u64).min(rows_per_binding).min(output_rows);
+        // Both are at least 1 and at most n or m, so they fit in usize.
+        let row_chunk = row_chunk.max(1) as usize;
+        let col_chunk = col_chunk.max(1) as usize;
+        Ok(Self {
+            shape,
+            vec_dim,
+            row_chunk,
+            col_chunk,
+            row_chunks: shape.n.div_ceil(row_chunk),
+        })
+    }
+
+    /// Blocks in order: column chunks outer, row chunks inner, so each chunk
+    /// of Y is prepared once.
+    fn blocks(self) -> impl Iterator<Item = Block> {
+        let PairwiseShape { n, m, .. } = self.shape;
+        (0..m).step_by(self.col_chunk).flat_map(move |col0| {
+            (0..n).step_by(self.row_chunk).map(move |row0| Block {
+                row0,
+                rows: self.row_chunk.min(n - row0),
+                col0,
+                cols: self.col_chunk.min(m - col0),
+                first_of_column_chunk: row0 == 0,
+            })
+        })
+    }
+}
+
+/// A run of rows of a row-major `f32` buffer: rows `first_row..first_row +
+/// rows` of width `dim`.
+#[derive(Clone, Copy)]
+struct RowSource<'a> {
+    buffer: &'a wgpu::Buffer,
+    first_row: usize,
+    rows: usize,
+    dim: usize,
+}
+
+impl<'a> RowSource<'a> {
+    fn new(buffer: &'a wgpu::Buffer, first_row: usize, rows: usize, dim: usize) -> Self {
+        Self {
+            buffer,
+            first_row,
+            rows,
+            dim,
+        }
+    }
+}
+
+/// A binding that starts at the aligned offset at or before `first_value`
+/// and spans `values` values from there; `shift` is `first_value`'s index
+/// within the binding.
+struct AlignedRange {
+    offset: u64,
+    size: u64,
+    shift: u32,
+}
+
+impl AlignedRange {
+    fn new(first_value: u64, values: u64, alignment: u64) -> Result<Self> {
+        let start = first_value * BYTES_PER_VALUE;
+        let offset = start - start % alignment;
+        let shift_values = (start - offset) / BYTES_PER_VALUE;
+        let shift = u32::try_from(shift_values).map_err(|_| Error::SizeOverflow {
+            what: "a binding's offset alignment",
+        })?;
+        Ok(Self {
+            offset,
+            size: (shift_values + values) * BYTES_PER_VALUE,
+            shift,
+        })
+    }
+
+    fn binding<'b>(&self, buffer: &'b wgpu::Buffer) -> wgpu::BindingResource<'b> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer,
+            offset: self.offset,
+            size: wgpu::BufferSize::new(self.size),
+        })
+    }
+}
+
+/// The prepared operands of one `pairwise` dispatch.
+struct PairwiseOperands<'a> {
+    rows: usize,
+    cols: usize,
+    vec_dim: usize,
+    prepared_x: &'a wgpu::Buffer,
+    prepared_y: &'a wgpu::Buffer,
+    norms_x: &'a wgpu::Buffer,
+    norms_y: &'a wgpu::Buffer,
+}
+
+/// Where one `pairwise` dispatch writes: value `(r, c)` of the block goes to
+/// index `first_value + r * row_stride + c` of `buffer`.
+struct OutputRange<'a> {
+    buffer: &'a wgpu::Buffer,
+    first_value: u64,
+    row_stride: usize,
+}
+
+/// Mirrors `PrepareParams` in shaders/distance.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PrepareParams {
+    rows: u32,
+    dim: u32,
+    source_offset: u32,
+    vec_dim: u32,
+    normalize: u32,
+    grid_width: u32,
+    _pad: [u32; 2],
+}
+
+/// Mirrors `PairwiseParams` in shaders/distance.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PairwiseParams {
+    rows: u32,
+    cols: u32,
+    vec_dim: u32,
+    out_offset: u32,
+    out_row_stride: u32,
+    _pad: [u32; 3],
+}
+
+/// Converts a size the block plan has already bounded by a device limit.
+fn to_u32(value: usize, what: &'static str) -> Result<u32> {
+    u32::try_from(value).map_err(|_| Error::SizeOverflow { what })
+}
+
+struct DistanceWorkspace {
+    upload_x: GrowableBuffer,
+    upload_y: GrowableBuffer,
+    prepared_x: GrowableBuffer,
+    prepared_y: GrowableBuffer,
+    norms_x: GrowableBuffer,
+    norms_y: GrowableBuffer,
+    out_block: GrowableBuffer,
+    staging: GrowableBuffer,
+}
+
+/// The pipelines of `shaders/distance.wgsl` and the buffers they reuse; one
+/// per device, owned by its [`GpuContext`].
+pub(crate) struct DistanceKernels {
+    prepare_layout: wgpu::BindGroupLayout,
+    pairwise_layout: wgpu::BindGroupLayout,
+    prepare: wgpu::ComputePipeline,
+    /// Indexed by [`Distance::shader_code`].
+    pairwise: Vec<wgpu::ComputePipeline>,
+    workspace: Mutex<DistanceWorkspace>,
+}
+
+fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty,
+            has_dynamic_offset: false,
+            min_binding_size: None,
+        },
+        count: None,
+    }
+}
+
+const UNIFORM: wgpu::BufferBindingType = wgpu::BufferBindingType::Uniform;
+const READ: wgpu::BufferBindingType = wgpu::BufferBindingType::Storage { read_only: true };
+const READ_WRITE: wgpu::BufferBindingType = wgpu::BufferBindingType::Storage { read_only: false };
+
+impl DistanceKernels {
+    pub(crate) fn new(ctx: &GpuContext) -> Result<Self> {
+        let device = ctx.device();
+        let prepare_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("distance.prepare_rows"),
+            entries: &[
+                layout_entry(0, UNIFORM),
+                layout_entry(1, READ),
+                layout_entry(2, READ_WRITE),
+                layout_entry(3, READ_WRITE),
+            ],
+        });
+        let pairwise_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+            label: Some("distance.pairwise"),
+            entries: &[
+                layout_entry(0, UNIFORM),
+                layout_entry(1, READ),
+                layout_entry(2, READ),
+                layout_entry(3, READ),
+                layout_entry(4, READ),
+                layout_entry(5, READ_WRITE),
+            ],
+        });
+        let kind_constants: Vec<[(&str, f64); 1]> = Distance::ALL
+            .iter()
+            .map(|kind| [("DISTANCE_KIND", f64::from(kind.shader_code()))])
+            .collect();
+        let mut specs: Vec<(&str, &wgpu::BindGroupLayout, &[(&str, f64)])> =
+            vec![("prepare_rows", &prepare_layout, &[])];
+        for constants in &kind_constants {
+            specs.push(("pairwise", &pairwise_layout, constants.as_slice()));
+        }
+        let mut pipelines = ctx.create_pipelines("distance.wgsl", SHADER, &specs)?;
+        let pairwise = pipelines.split_off(1);
+        let prepare = pipelines.pop().ok_or(Error::Device {
+            during: "creating compute pipelines",
+            message: "prepare_rows pipeline missing".into(),
+        })?;
+        let storage = wgpu::BufferUsages::STORAGE;
+        let workspace = DistanceWorkspace {
+            upload_x: GrowableBuffer::new(
+                "distance.upload_x",
+                storage | wgpu::BufferUsages::COPY_DST,
+            ),
+            upload_y: GrowableBuffer::new(
+                "distance.upload_y",
+                storage | wgpu::BufferUsages::COPY_DST,
+            ),
+            prepared_x: GrowableBuffer::new("distance.prepared_x", storage),
+            prepared_y: GrowableBuffer::new("distance.prepared_y", storage),
+            norms_x: GrowableBuffer::new("distance.norms_x", storage),
+            norms_y: GrowableBuffer::new("distance.norms_y", storage),
+            out_block: GrowableBuffer::new(
+                "distance.out_block",
+                storage | wgpu::BufferUsages::COPY_SRC,
+            ),
+            staging: GrowableBuffer::new(
+                "distance.staging",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+        };
+        Ok(Self {
+            prepare_layout,
+            pairwise_layout,
+            prepare,
+            pairwise,
+            workspace: Mutex::new(workspace),
+        })
+    }
+
+    /// Records `prepare_rows` for `source` into `prepared` (padded rows) and
+    /// `norms`.
+    fn record_prepare(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        source: RowSource<'_>,
+        options: DistanceOptions,
+        prepared: &wgpu::Buffer,
+        norms: &wgpu::Buffer,
+    ) -> Result<()> {
+        let limits = ctx.chunk_limits();
+        let range = AlignedRange::new(
+            source.first_row as u64 * source.dim as u64,
+            source.rows as u64 * source.dim as u64,
+            limits.storage_offset_alignment,
+        )?;
+        let max_groups = limits.max_workgroups_per_dimension.max(1) as usize;
+        let grid_width = source.rows.min(max_groups);
+        let grid_height = source.rows.div_ceil(grid_width);
+        let params = PrepareParams {
+            rows: to_u32(source.rows, "rows in one chunk")?,
+            dim: to_u32(source.dim, "D")?,
+            source_offset: range.shift,
+            vec_dim: to_u32(source.dim.div_ceil(4), "D / 4")?,
+            normalize: u32::from(options.normalizes_rows()),
+            grid_width: to_u32(grid_width, "workgroups")?,
+            _pad: [0; 2],
+        };
+        let device = ctx.device();
+        let params_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("distance.prepare_params"),
+            contents: bytemuck::bytes_of(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("distance.prepare_rows"),
+            layout: &self.prepare_layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: params_buffer.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: range.binding(source.buffer),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: sized_binding(
+                        prepared,
+                        source.rows as u64 * params.vec_dim as u64 * 16,
+                    ),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: sized_binding(norms, bytes_of(source.rows)),
+                },
+            ],
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("distance.prepare_rows"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(&self.prepare);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(params.grid_width, to_u32(grid_height, "workgroups")?, 1);
+        Ok(())
+    }
+
+    /// Records one `pairwise` dispatch over prepared rows.
+    fn record_pairwise(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        distance: Distance,
+        operands: PairwiseOperands<'_>,
+        output: OutputRange<'_>,
+    ) -> Result<()> {
+        let limits = ctx.chunk_limits();
+        let span = (operands.rows as u64 - 1) * output.row_stride as u64 + operands.cols as u64;
+        let range = AlignedRange::new(output.first_value, span, limits.storage_offset_alignment)?;
+        let params = PairwiseParams {
+            rows: to_u32(operands.rows, "rows in one block")?,
+            cols: to_u32(operands.cols, "columns in one block")?,
+            vec_dim: to_u32(operands.vec_dim, "D / 4")?,
+            out_offset: range.shift,
+            out_row_stride: to_u32(output.row_stride, "M")?,
+            _pad: [0; 3],
+        };
+        let device = ctx.device();
+        let params_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some("distance.pairwise_params"),
+            contents: bytemuck::bytes_of(&params),
+            usage: wgpu::BufferUsages::UNIFORM,
+        });
+        let prepared_bytes = |rows: usize| rows as u64 * operands.vec_dim as u64 * 16;
+        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("distance.pairwise"),
+            layout: &self.pairwise_layout,
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: params_buffer.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: sized_binding(operands.prepared_x, prepared_bytes(operands.rows)),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: sized_binding(operands.prepared_y, prepared_bytes(operands.cols)),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 3,
+                    resource: sized_binding(operands.norms_x, bytes_of(operands.rows)),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 4,
+                    resource: sized_binding(operands.norms_y, bytes_of(operands.cols)),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 5,
+                    resource: range.binding(output.buffer),
+                },
+            ],
+        });
+        let pipeline = self
+            .pairwise
+            .get(distance.shader_code() as usize)
+            .ok_or(Error::Device {
+                during: "recording pairwise distances",
+                message: format!("no pipeline for {distance:?}"),
+            })?;
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("distance.pairwise"),
+            timestamp_writes: None,
+        });
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &bind_group, &[]);
+        pass.dispatch_workgroups(
+            to_u32(operands.cols.div_ceil(TILE), "workgroups")?,
+            to_u32(operands.rows.div_ceil(TILE), "workgroups")?,
+            1,
+        );
+        Ok(())
+    }
+}
+
+/// The first `bytes` bytes of `buffer` (at least 4, the smallest binding).
+fn sized_binding(buffer: &wgpu::Buffer, bytes: u64) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset: 0,
+        size: wgpu::BufferSize::new(bytes.max(4)),
+    })
+}

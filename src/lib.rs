@@ -1,0 +1,65 @@
+//! # contrastive-wgpu
+//!
+//! WGSL compute kernels, run through [wgpu], for margin-based metric
+//! learning: pairwise distances between sets of embeddings, with a CPU
+//! reference path ([`reference`]) that every kernel is tested against.
+//!
+//! ## Conventions
+//!
+//! - Embeddings are row-major `f32`, one row per item: X is `N x D`, Y is
+//!   `M x D`; any `N, M, D ≥ 1`.
+//! - Outputs are row-major: the distance between row `i` of X and row `j`
+//!   of Y is at index `i * M + j`.
+//! - Distances ([`Distance`]): Euclidean `‖x − y‖₂`, squared Euclidean
+//!   `‖x − y‖₂²`, cosine `1 − x·y / (‖x‖ ‖y‖)` (1 where a norm is 0) and
+//!   the dot-product similarity `x·y`, optionally on L2-normalised rows
+//!   `x / ‖x‖`.
+//! - Identical rows are exactly 0 apart and Euclidean distances of finite
+//!   input are never NaN: differences are accumulated directly, never
+//!   through `‖x‖² + ‖y‖² − 2 x·y` (see [`distance`]).
+//!
+//! ## Two API levels
+//!
+//! Slices in, values out:
+//!
+//! ```no_run
+//! use contrastive_wgpu::{Distance, DistanceOptions, GpuContext, PairwiseShape};
+//! # fn main() -> Result<(), contrastive_wgpu::Error> {
+//! let gpu = GpuContext::new()?;
+//! let x = vec![0.0f32, 0.0, 3.0, 4.0]; // 2 rows of D = 2
+//! let y = vec![0.0f32, 0.0]; // 1 row
+//! let d = gpu.pairwise_distances(&x, &y, PairwiseShape::new(2, 1, 2),
+//!                                DistanceOptions::new(Distance::Euclidean))?;
+//! assert_eq!(d, vec![0.0, 5.0]);
+//! # Ok(()) }
+//! ```
+//!
+//! Buffers the caller owns, recorded into the caller's encoder (nothing is
+//! submitted, nothing waits):
+//!
+//! ```no_run
+//! # use contrastive_wgpu::{DistanceBuffers, DistanceOptions, GpuContext, PairwiseShape};
+//! # fn run(gpu: &GpuContext, x: &wgpu::Buffer, y: &wgpu::Buffer, out: &wgpu::Buffer)
+//! #     -> Result<(), contrastive_wgpu::Error> {
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! gpu.record_pairwise_distances(&mut encoder, DistanceBuffers { x, y, out },
+//!                               PairwiseShape::new(4096, 4096, 128),
+//!                               DistanceOptions::default())?;
+//! gpu.queue().submit([encoder.finish()]);
+//! # Ok(()) }
+//! ```
+//!
+//! A training loop that already owns a device wraps it with
+//! [`GpuContext::from_device`].
+
+pub mod context;
+pub mod distance;
+pub mod error;
+pub mod reference;
+pub mod synthetic;
+mod workspace;
+
+pub use context::{AdapterDescription, ChunkLimits, ContextOptions, GpuContext};
+pub use distance::{Distance, DistanceBuffers, DistanceOptions, PairwiseShape};
+pub use error::{Error, Result};
+pub use wgpu;

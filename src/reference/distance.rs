@@ -1,0 +1,129 @@
+//! CPU mirror of `shaders/distance.wgsl`: the same two steps (prepare the
+//! rows, then every pair), in `f64`, as plain loops (parallel over output
+//! rows).
+
+use rayon::prelude::*;
+
+use crate::distance::{Distance, DistanceOptions, PairwiseShape};
+use crate::error::Result;
+
+/// Mirror of `prepare_rows`: the rows of `x` (`rows x d`) in `f64`, divided
+/// by their L2 norm when `normalize` is set (rows of norm 0 stay 0), and the
+/// norms `‖x_i‖₂`.
+///
+/// The shader scales by the row's largest magnitude before squaring so its
+/// `f32` sum cannot overflow; in `f64` the squares of `f32` values cannot
+/// overflow, so the plain sum is exact enough.
+pub fn prepare_rows(x: &[f32], d: usize, normalize: bool) -> (Vec<f64>, Vec<f64>) {
+    let mut prepared: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let norms: Vec<f64> = prepared
+        .par_chunks_mut(d.max(1))
+        .map(|row| {
+            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
+            if normalize && norm > 0.0 {
+                row.iter_mut().for_each(|v| *v /= norm);
+            }
+            norm
+        })
+        .collect();
+    (prepared, norms)
+}
+
+/// Mirror of `pairwise` for one pair of prepared rows: the distance and the
+/// magnitude that bounds its `f32` rounding error (see
+/// [`pairwise_tolerances`]).
+fn pair(options: DistanceOptions, a: &[f64], b: &[f64], norm_a: f64, norm_b: f64) -> (f64, f64) {
+    let normalized = options.normalizes_rows();
+    match options.distance {
+        Distance::Dot => {
+            let value = a.iter().zip(b).map(|(p, q)| p * q).sum();
+            let magnitude = a.iter().zip(b).map(|(p, q)| (p * q).abs()).sum();
+            (value, magnitude)
+        }
+        kind => {
+            let squared: f64 = a.iter().zip(b).map(|(p, q)| (p - q) * (p - q)).sum();
+            match kind {
+                Distance::Euclidean => {
+                    let value = squared.sqrt();
+                    // Normalising in f32 leaves an absolute error of a few
+                    // eps per row, independent of the distance.
+                    (value, value + if normalized { 1.0 } else { 0.0 })
+                }
+                Distance::SquaredEuclidean => {
+                    let extra = if normalized { squared.sqrt() } else { 0.0 };
+                    (squared, squared + extra)
+                }
+                _ => {
+                    // Cosine: 1 - cos = ‖u − v‖² / 2 on normalised rows; cos
+                    // is 0 (distance 1) where a norm is 0.
+                    if norm_a == 0.0 || norm_b == 0.0 {
+                        (1.0, 0.0)
+                    } else {
+                        let value = (0.5 * squared).min(2.0);
+                        (value, value + value.sqrt())
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn for_each_pair(
+    x: &[f32],
+    y: &[f32],
+    shape: PairwiseShape,
+    options: DistanceOptions,
+    pick: fn((f64, f64)) -> f64,
+) -> Result<Vec<f64>> {
+    shape.check_slices(x, y)?;
+    let PairwiseShape { m, d, .. } = shape;
+    let (xs, norms_x) = prepare_rows(x, d, options.normalizes_rows());
+    let (ys, norms_y) = prepare_rows(y, d, options.normalizes_rows());
+    let mut out = vec![0.0f64; shape.output_len()?];
+    out.par_chunks_mut(m).enumerate().for_each(|(i, row)| {
+        let a = &xs[i * d..(i + 1) * d];
+        for (j, value) in row.iter_mut().enumerate() {
+            let b = &ys[j * d..(j + 1) * d];
+            *value = pick(pair(options, a, b, norms_x[i], norms_y[j]));
+        }
+    });
+    Ok(out)
+}
+
+/// The `n x m` distance matrix between the rows of `x` and `y`, row-major,
+/// computed in `f64`; same definitions as
+/// [`GpuContext::pairwise_distances`](crate::GpuContext::pairwise_distances).
+pub fn pairwise_distances(
+    x: &[f32],
+    y: &[f32],
+    shape: PairwiseShape,
+    options: DistanceOptions,
+) -> Result<Vec<f64>> {
+    for_each_pair(x, y, shape, options, |(value, _)| value)
+}
+
+/// The tolerance ([`super::tolerance`]) of each output of
+/// [`pairwise_distances`]: `4 (D + 8) ε₃₂ · magnitude` with magnitude
+///
+/// | distance | magnitude |
+/// |---|---|
+/// | Euclidean | `d` (`d + 1` on normalised rows) |
+/// | SquaredEuclidean | `d` (`d + √d` on normalised rows) |
+/// | Cosine | `c + √c` (0 where a norm is 0: the result is exactly 1) |
+/// | Dot | `Σ_k |x_k y_k|` |
+///
+/// Differences are accumulated directly, so Euclidean errors are relative
+/// to the distance itself: identical rows must come out exactly 0.
+pub fn pairwise_tolerances(
+    x: &[f32],
+    y: &[f32],
+    shape: PairwiseShape,
+    options: DistanceOptions,
+) -> Result<Vec<f64>> {
+    let d = shape.d;
+    let values = for_each_pair(x, y, shape, options, |(_, magnitude)| magnitude)?;
+    Ok(values
+        .into_iter()
+        .map(|magnitude| super::tolerance(d, magnitude))
+        .collect())
+}

@@ -1,0 +1,61 @@
+//! Device buffers that kernels reuse from call to call, grown on demand.
+
+use crate::error::{Error, Result};
+
+/// A buffer that is reallocated only when a call needs more room than it has.
+///
+/// Commands already recorded keep the old buffer alive (wgpu reference-counts
+/// it), so growing never disturbs work that has not run yet.
+pub(crate) struct GrowableBuffer {
+    label: &'static str,
+    usage: wgpu::BufferUsages,
+    buffer: Option<wgpu::Buffer>,
+}
+
+impl GrowableBuffer {
+    pub(crate) fn new(label: &'static str, usage: wgpu::BufferUsages) -> Self {
+        Self {
+            label,
+            usage,
+            buffer: None,
+        }
+    }
+
+    /// A handle to a buffer of at least `bytes` bytes (rounded up to 16 so vec4 bindings
+    /// fit); grows by at least half its size to avoid reallocating on every
+    /// slightly larger call.
+    pub(crate) fn ensure(
+        &mut self,
+        device: &wgpu::Device,
+        bytes: u64,
+        max_buffer_bytes: u64,
+    ) -> Result<wgpu::Buffer> {
+        let needed = bytes.max(16).div_ceil(16) * 16;
+        if needed > max_buffer_bytes {
+            return Err(Error::TooLarge {
+                what: format!("workspace buffer `{}`", self.label),
+                needed,
+                limit_name: "max_buffer_size",
+                limit: max_buffer_bytes,
+            });
+        }
+        let current = self.buffer.as_ref().map_or(0, wgpu::Buffer::size);
+        if current < needed {
+            let grown = (current + current / 2).div_ceil(16) * 16;
+            let size = needed
+                .max(grown)
+                .min(max_buffer_bytes - max_buffer_bytes % 16);
+            self.buffer = Some(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(self.label),
+                size,
+                usage: self.usage,
+                mapped_at_creation: false,
+            }));
+        }
+        // Just ensured above; `ok_or` keeps library code free of panics.
+        self.buffer.clone().ok_or(Error::Device {
+            during: "allocating a workspace buffer",
+            message: "buffer missing after allocation".into(),
+        })
+    }
+}
