@@ -12,8 +12,9 @@
 // Accuracy: Euclidean and squared Euclidean distances accumulate the squared
 // differences (x_k - y_k)^2 directly rather than ||x||^2 + ||y||^2 - 2 x.y, so
 // identical rows are exactly 0 apart, near-duplicates keep their true
-// distance, and the result is never NaN for finite input (overflow gives
-// +inf). Cosine distance is computed as ||u - v||^2 / 2 on the normalised
+// distance, and the result is never NaN for finite input. Euclidean pairs
+// whose sum of squares overflows or may have underflowed are recomputed with
+// scaling, so only distances beyond f32::MAX give +inf. Cosine distance is computed as ||u - v||^2 / 2 on the normalised
 // rows u, v, which equals 1 - cos without its cancellation near 0.
 //
 // The CPU mirror is `src/reference/distance.rs`; the host side that owns the
@@ -188,10 +189,39 @@ fn accumulate(acc: f32, a: vec4<f32>, b: vec4<f32>) -> f32 {
     return acc + dot(diff, diff);
 }
 
+// ||x_row - y_col|| computed as m * sqrt(sum ((x_k - y_k) / m)^2) with
+// m = max |x_k - y_k|: exact where the plain sum of squares overflows
+// (distances near f32::MAX) or underflows (rows ~1e-19 apart or closer).
+fn scaled_euclidean(row: u32, col: u32) -> f32 {
+    let vec_dim = pairwise_params.vec_dim;
+    var largest = vec4<f32>(0.0);
+    for (var v = 0u; v < vec_dim; v = v + 1u) {
+        largest = max(largest, abs(rows_x[row * vec_dim + v] - rows_y[col * vec_dim + v]));
+    }
+    let m = max(max(largest.x, largest.y), max(largest.z, largest.w));
+    if (m == 0.0 || m > F32_MAX) {
+        return m;
+    }
+    var sum = 0.0;
+    for (var v = 0u; v < vec_dim; v = v + 1u) {
+        let scaled = (rows_x[row * vec_dim + v] - rows_y[col * vec_dim + v]) / m;
+        sum = sum + dot(scaled, scaled);
+    }
+    return m * sqrt(sum);
+}
+
+const F32_MAX: f32 = 3.40282347e38;
+// Below this sum of squares some squares may have underflowed.
+const UNDERFLOW_RISK: f32 = 7.8886091e-31; // 2^-100
+
 fn finish(acc: f32, row: u32, col: u32) -> f32 {
     switch DISTANCE_KIND {
         case KIND_EUCLIDEAN: {
-            return sqrt(max(acc, 0.0));
+            if (acc >= UNDERFLOW_RISK && acc <= F32_MAX) {
+                return sqrt(acc);
+            }
+            // Rare: overflow, underflow, or identical rows (exactly 0 either way).
+            return scaled_euclidean(row, col);
         }
         case KIND_COSINE: {
             // cos = 0 where a norm is 0, so the distance is 1 there.

@@ -58,10 +58,15 @@ pub struct ContextOptions {
     /// Adapter preference when `WGPU_ADAPTER_NAME` is not set; `None` reads
     /// `WGPU_POWER_PREF` and otherwise prefers a discrete GPU.
     pub power_preference: Option<wgpu::PowerPreference>,
+    /// Backends to search; `None` reads `WGPU_BACKEND` (all when unset).
+    pub backends: Option<wgpu::Backends>,
     /// Caps the size of one storage binding (and so of one chunk of work)
     /// below the device's own limit. Kernels split larger work into pieces;
     /// tests use this to exercise the splitting at small sizes.
     pub max_binding_bytes: Option<u64>,
+    /// Caps the workgroups per dispatch dimension below the device's limit,
+    /// like `max_binding_bytes`.
+    pub max_workgroups_per_dimension: Option<u32>,
 }
 
 /// The device limits that decide how work is split into chunks.
@@ -115,7 +120,11 @@ impl GpuContext {
 
     /// Like [`GpuContext::new`], with options.
     pub fn with_options(options: ContextOptions) -> Result<Self> {
-        let instance_descriptor = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        let mut instance_descriptor =
+            wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        if let Some(backends) = options.backends {
+            instance_descriptor.backends = backends;
+        }
         let backends = instance_descriptor.backends;
         let instance = wgpu::Instance::new(instance_descriptor);
         let adapter = match std::env::var("WGPU_ADAPTER_NAME") {
@@ -205,7 +214,11 @@ impl GpuContext {
             max_binding_bytes,
             max_buffer_bytes: limits.max_buffer_size,
             storage_offset_alignment: u64::from(limits.min_storage_buffer_offset_alignment),
-            max_workgroups_per_dimension: limits.max_compute_workgroups_per_dimension,
+            max_workgroups_per_dimension: options
+                .max_workgroups_per_dimension
+                .map_or(limits.max_compute_workgroups_per_dimension, |cap| {
+                    cap.clamp(1, limits.max_compute_workgroups_per_dimension)
+                }),
         };
         Self {
             inner: Arc::new(ContextInner {

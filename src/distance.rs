@@ -16,8 +16,11 @@
 //! Accuracy: Euclidean distances accumulate `(x_k − y_k)²` directly, never
 //! `‖x‖² + ‖y‖² − 2 x·y`, so identical rows are exactly 0 apart, rows
 //! `[512695.0]` and `[512804.0]` are 109 apart (the expansion gives 0 in
-//! `f32`), and finite input never gives NaN (a distance beyond `f32::MAX`
-//! gives `+inf`). Cosine distance is computed as `‖u − v‖² / 2` on the
+//! `f32`), and finite input never gives NaN. The rare pairs whose sum of
+//! squares overflows or may underflow `f32` are recomputed with scaling, so
+//! Euclidean distances are right from about `1e-38` to `f32::MAX` (only a
+//! distance beyond `f32::MAX` gives `+inf`; a squared distance beyond it
+//! does too). Cosine distance is computed as `‖u − v‖² / 2` on the
 //! normalised rows, equal to `1 − cos` without its cancellation.
 //!
 //! The kernel is `shaders/distance.wgsl`; its CPU mirror is
@@ -493,7 +496,10 @@ impl BlockPlan {
                 limit: binding,
             });
         }
-        let rows_per_dispatch = u64::from(limits.max_workgroups_per_dimension) * TILE as u64;
+        // `pairwise` has one workgroup per 64 rows along y; `prepare_rows`
+        // one per row on a 2-D grid.
+        let max_groups = u64::from(limits.max_workgroups_per_dimension.max(1));
+        let rows_per_dispatch = (max_groups * TILE as u64).min(max_groups * max_groups);
         let rows_per_binding = (binding / prepared_row_bytes)
             .min(source_rows_per_binding)
             .min(rows_per_dispatch);
@@ -902,4 +908,120 @@ fn sized_binding(buffer: &wgpu::Buffer, bytes: u64) -> wgpu::BindingResource<'_>
         offset: 0,
         size: wgpu::BufferSize::new(bytes.max(4)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits(binding: u64, alignment: u64, max_groups: u32) -> ChunkLimits {
+        ChunkLimits {
+            max_binding_bytes: binding,
+            max_buffer_bytes: binding,
+            storage_offset_alignment: alignment,
+            max_workgroups_per_dimension: max_groups,
+        }
+    }
+
+    /// Every output is in exactly one block, and every binding and dispatch
+    /// of every block fits the limits: nothing is truncated.
+    fn check_plan(
+        shape: PairwiseShape,
+        limits: ChunkLimits,
+        layout: OutputLayout,
+    ) -> Result<(), TestCaseError> {
+        let plan = match BlockPlan::new(shape, limits, layout) {
+            Ok(plan) => plan,
+            Err(Error::TooLarge { .. }) => {
+                // Only when one row cannot fit a binding.
+                let row = (shape.d.div_ceil(4) * 16) as u64;
+                prop_assert!(
+                    row > limits.max_binding_bytes
+                        || shape.d as u64 * 4 + limits.storage_offset_alignment
+                            > limits.max_binding_bytes
+                );
+                return Ok(());
+            }
+            Err(other) => return Err(TestCaseError::fail(other.to_string())),
+        };
+        let PairwiseShape { n, m, d } = shape;
+        let mut covered = vec![0u8; n * m];
+        let binding = limits.max_binding_bytes;
+        let groups = u64::from(limits.max_workgroups_per_dimension);
+        let worst_shift = limits.storage_offset_alignment / 4 - 1;
+        for block in plan.blocks() {
+            prop_assert!(block.rows >= 1 && block.cols >= 1);
+            for i in block.row0..block.row0 + block.rows {
+                for j in block.col0..block.col0 + block.cols {
+                    covered[i * m + j] += 1;
+                }
+            }
+            for rows in [block.rows as u64, block.cols as u64] {
+                prop_assert!(rows * plan.vec_dim as u64 * 16 <= binding, "prepared rows");
+                prop_assert!(
+                    (worst_shift + rows * d as u64) * 4 <= binding,
+                    "source rows"
+                );
+                prop_assert!(rows.div_ceil(64) <= groups, "pairwise grid");
+                let width = rows.min(groups);
+                prop_assert!(rows.div_ceil(width) <= groups, "prepare grid");
+            }
+            let out_values = match layout {
+                OutputLayout::Full => {
+                    (block.rows as u64 - 1) * m as u64 + block.cols as u64 + worst_shift
+                }
+                OutputLayout::Compact => (block.rows * block.cols) as u64,
+            };
+            prop_assert!(out_values * 4 <= binding, "output block");
+        }
+        prop_assert!(covered.iter().all(|&c| c == 1), "every output exactly once");
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn plans_cover_every_output_once_within_limits(
+            n in 1usize..300,
+            m in 1usize..300,
+            d in 1usize..200,
+            binding_vec4s in 64u64..4096,
+            alignment in prop::sample::select(vec![16u64, 64, 256]),
+            max_groups in 1u32..6,
+            full in any::<bool>(),
+        ) {
+            let layout = if full { OutputLayout::Full } else { OutputLayout::Compact };
+            check_plan(
+                PairwiseShape::new(n, m, d),
+                limits(binding_vec4s * 16, alignment, max_groups),
+                layout,
+            )?;
+        }
+    }
+
+    #[test]
+    fn a_row_larger_than_a_binding_is_an_error_naming_the_limit() {
+        let error = BlockPlan::new(
+            PairwiseShape::new(4, 4, 1000),
+            limits(1024, 256, 65535),
+            OutputLayout::Full,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(error.contains("max_storage_buffer_binding_size"), "{error}");
+        assert!(error.contains("D = 1000"), "{error}");
+    }
+
+    #[test]
+    fn aligned_ranges_start_at_or_before_the_value() -> Result<()> {
+        for first in [0u64, 1, 63, 64, 65, 1000] {
+            let range = AlignedRange::new(first, 10, 256)?;
+            assert_eq!(range.offset % 256, 0);
+            assert_eq!(range.offset / 4 + u64::from(range.shift), first);
+            assert_eq!(range.size, (u64::from(range.shift) + 10) * 4);
+        }
+        Ok(())
+    }
 }
