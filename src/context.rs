@@ -255,14 +255,13 @@ impl GpuContext {
         cached(&self.inner.distance, || DistanceKernels::new(self))
     }
 
-    /// Compiles `source` and builds one compute pipeline per
-    /// `(entry point, override constants)`, reporting device errors (e.g. a
+    /// Compiles `source` and builds one compute pipeline per spec, reporting device errors (e.g. a
     /// backend that rejects the shader) as [`Error::Device`].
     pub(crate) fn create_pipelines(
         &self,
         label: &'static str,
         source: &'static str,
-        layouts: &[(&str, &wgpu::BindGroupLayout, &[(&str, f64)])],
+        specs: &[PipelineSpec<'_>],
     ) -> Result<Vec<wgpu::ComputePipeline>> {
         self.with_error_scope("creating compute pipelines", || {
             let device = self.device();
@@ -270,21 +269,21 @@ impl GpuContext {
                 label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-            let pipelines = layouts
+            let pipelines = specs
                 .iter()
-                .map(|(entry_point, bind_group_layout, constants)| {
+                .map(|spec| {
                     let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
                         label: Some(label),
-                        bind_group_layouts: &[Some(bind_group_layout)],
+                        bind_group_layouts: &[Some(spec.layout)],
                         immediate_size: 0,
                     });
                     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                         label: Some(label),
                         layout: Some(&layout),
                         module: &module,
-                        entry_point: Some(entry_point),
+                        entry_point: Some(spec.entry_point),
                         compilation_options: wgpu::PipelineCompilationOptions {
-                            constants,
+                            constants: spec.constants,
                             zero_initialize_workgroup_memory: false,
                         },
                         cache: None,
@@ -358,6 +357,14 @@ impl GpuContext {
         staging.unmap();
         Ok(values)
     }
+}
+
+/// One compute pipeline to build from a shader module.
+pub(crate) struct PipelineSpec<'a> {
+    pub(crate) entry_point: &'a str,
+    pub(crate) layout: &'a wgpu::BindGroupLayout,
+    /// Values for the shader's `override` constants.
+    pub(crate) constants: &'a [(&'a str, f64)],
 }
 
 /// `cell`'s value, created by `make` on first use. Two threads racing here

@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 use wgpu::util::DeviceExt;
 
-use crate::context::{ChunkLimits, GpuContext};
+use crate::context::{ChunkLimits, GpuContext, PipelineSpec};
 use crate::error::{Error, Result};
 use crate::workspace::GrowableBuffer;
 
@@ -709,10 +709,17 @@ impl DistanceKernels {
             .iter()
             .map(|kind| [("DISTANCE_KIND", f64::from(kind.shader_code()))])
             .collect();
-        let mut specs: Vec<(&str, &wgpu::BindGroupLayout, &[(&str, f64)])> =
-            vec![("prepare_rows", &prepare_layout, &[])];
+        let mut specs = vec![PipelineSpec {
+            entry_point: "prepare_rows",
+            layout: &prepare_layout,
+            constants: &[],
+        }];
         for constants in &kind_constants {
-            specs.push(("pairwise", &pairwise_layout, constants.as_slice()));
+            specs.push(PipelineSpec {
+                entry_point: "pairwise",
+                layout: &pairwise_layout,
+                constants: constants.as_slice(),
+            });
         }
         let mut pipelines = ctx.create_pipelines("distance.wgsl", SHADER, &specs)?;
         let pairwise = pipelines.split_off(1);
