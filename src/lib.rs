@@ -2,7 +2,7 @@
 //!
 //! WGSL compute kernels, run through [wgpu], for margin-based metric
 //! learning: pairwise distances between sets of embeddings, with a CPU
-//! reference path ([`reference`]) that every kernel is tested against.
+//! reference path ([`mod@reference`]) that every kernel is tested against.
 //!
 //! ## Conventions
 //!
