@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::distance::DistanceKernels;
 use crate::error::{Error, Result};
+use crate::rows::RowKernels;
 
 /// What the crate knows about the adapter it runs on; print it next to any
 /// figure you report.
@@ -87,6 +88,7 @@ struct ContextInner {
     queue: wgpu::Queue,
     adapter: AdapterDescription,
     chunk_limits: ChunkLimits,
+    rows: OnceLock<RowKernels>,
     distance: OnceLock<DistanceKernels>,
 }
 
@@ -226,6 +228,7 @@ impl GpuContext {
                 queue,
                 adapter,
                 chunk_limits,
+                rows: OnceLock::new(),
                 distance: OnceLock::new(),
             }),
         }
@@ -249,6 +252,10 @@ impl GpuContext {
     /// The limits that decide how work is split.
     pub fn chunk_limits(&self) -> ChunkLimits {
         self.inner.chunk_limits
+    }
+
+    pub(crate) fn row_kernels(&self) -> Result<&RowKernels> {
+        cached(&self.inner.rows, || RowKernels::new(self))
     }
 
     pub(crate) fn distance_kernels(&self) -> Result<&DistanceKernels> {

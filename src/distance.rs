@@ -28,17 +28,18 @@
 
 use std::sync::Mutex;
 
-use wgpu::util::DeviceExt;
-
+use crate::binding::{
+    bind_group, bind_group_layout, bytes_of, check_buffer, dispatch, sized_binding, to_u32,
+    uniform_buffer, AlignedRange, BYTES_PER_VALUE, READ, READ_WRITE, UNIFORM,
+};
 use crate::context::{ChunkLimits, GpuContext, PipelineSpec};
 use crate::error::{Error, Result};
+use crate::rows::{meta_bytes, prepared_bytes, RowSource};
 use crate::workspace::GrowableBuffer;
 
 const SHADER: &str = include_str!("../shaders/distance.wgsl");
 /// Outputs per side of one workgroup's tile in `pairwise`.
 const TILE: usize = 64;
-/// Bytes per `f32` value.
-const BYTES_PER_VALUE: u64 = 4;
 
 /// A distance (or, for `Dot`, a similarity) between two rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -231,80 +232,44 @@ impl GpuContext {
             })?;
         result.resize(total, 0.0f32);
 
-        let mut workspace = kernels
-            .workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut workspace = kernels.lock_workspace();
         self.with_error_scope("computing pairwise distances", || {
             let device = self.device();
             let queue = self.queue();
-            let d = shape.d;
-            let vec_dim = plan.vec_dim;
             let max_buffer = limits.max_buffer_bytes;
+            let d = shape.d;
             let ws = &mut *workspace;
             for block in plan.blocks() {
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let prepared_bytes = |rows: usize| rows as u64 * vec_dim as u64 * 16;
-                let prepared_y =
-                    ws.prepared_y
-                        .ensure(device, prepared_bytes(block.cols), max_buffer)?;
-                let norms_y = ws
-                    .norms_y
-                    .ensure(device, bytes_of(block.cols), max_buffer)?;
-                if block.first_of_column_chunk {
-                    let upload =
-                        ws.upload_y
-                            .ensure(device, bytes_of(block.cols * d), max_buffer)?;
+                // Only this block's rows travel to the device.
+                let upload_x = ws
+                    .upload_x
+                    .ensure(device, bytes_of(block.rows * d), max_buffer)?;
+                let upload_y = ws
+                    .upload_y
+                    .ensure(device, bytes_of(block.cols * d), max_buffer)?;
+                if plan.prepares_y(&block) {
                     let rows = &y[block.col0 * d..(block.col0 + block.cols) * d];
-                    queue.write_buffer(&upload, 0, bytemuck::cast_slice(rows));
-                    let source = RowSource::new(&upload, 0, block.cols, d);
-                    kernels.record_prepare(
-                        self,
-                        &mut encoder,
-                        source,
-                        options,
-                        &prepared_y,
-                        &norms_y,
-                    )?;
+                    queue.write_buffer(&upload_y, 0, bytemuck::cast_slice(rows));
                 }
-                let prepared_x =
-                    ws.prepared_x
-                        .ensure(device, prepared_bytes(block.rows), max_buffer)?;
-                let norms_x = ws
-                    .norms_x
-                    .ensure(device, bytes_of(block.rows), max_buffer)?;
-                if block.first_of_column_chunk || plan.row_chunks > 1 {
-                    let upload =
-                        ws.upload_x
-                            .ensure(device, bytes_of(block.rows * d), max_buffer)?;
+                if plan.prepares_x(&block) {
                     let rows = &x[block.row0 * d..(block.row0 + block.rows) * d];
-                    queue.write_buffer(&upload, 0, bytemuck::cast_slice(rows));
-                    let source = RowSource::new(&upload, 0, block.rows, d);
-                    kernels.record_prepare(
-                        self,
-                        &mut encoder,
-                        source,
-                        options,
-                        &prepared_x,
-                        &norms_x,
-                    )?;
+                    queue.write_buffer(&upload_x, 0, bytemuck::cast_slice(rows));
                 }
                 let block_values = block.rows * block.cols;
                 let out = ws
                     .out_block
                     .ensure(device, bytes_of(block_values), max_buffer)?;
-                kernels.record_pairwise(
+                kernels.record_block(
                     self,
                     &mut encoder,
-                    options.distance,
-                    PairwiseOperands {
-                        rows: block.rows,
-                        cols: block.cols,
-                        vec_dim,
-                        prepared_x: &prepared_x,
-                        prepared_y: &prepared_y,
-                        norms_x: &norms_x,
-                        norms_y: &norms_y,
+                    ws,
+                    &plan,
+                    &block,
+                    BlockInputs {
+                        x: RowSource::new(&upload_x, 0, block.rows, d),
+                        y: RowSource::new(&upload_y, 0, block.cols, d),
+                        options,
                     },
                     OutputRange {
                         buffer: &out,
@@ -344,59 +309,24 @@ impl GpuContext {
         options: DistanceOptions,
     ) -> Result<()> {
         shape.validate()?;
-        check_buffer("x", buffers.x, shape.x_len()?, wgpu::BufferUsages::STORAGE)?;
-        check_buffer("y", buffers.y, shape.y_len()?, wgpu::BufferUsages::STORAGE)?;
-        check_buffer(
-            "out",
-            buffers.out,
-            shape.output_len()?,
-            wgpu::BufferUsages::STORAGE,
-        )?;
+        let storage = wgpu::BufferUsages::STORAGE;
+        check_buffer("x", buffers.x, shape.x_len()?, storage)?;
+        check_buffer("y", buffers.y, shape.y_len()?, storage)?;
+        check_buffer("out", buffers.out, shape.output_len()?, storage)?;
         let kernels = self.distance_kernels()?;
-        let limits = self.chunk_limits();
-        let plan = BlockPlan::new(shape, limits, OutputLayout::Full)?;
-        let device = self.device();
-        let max_buffer = limits.max_buffer_bytes;
-        let mut workspace = kernels
-            .workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ws = &mut *workspace;
-        let vec_dim = plan.vec_dim;
+        let plan = BlockPlan::new(shape, self.chunk_limits(), OutputLayout::Full)?;
+        let mut workspace = kernels.lock_workspace();
         for block in plan.blocks() {
-            let prepared_bytes = |rows: usize| rows as u64 * vec_dim as u64 * 16;
-            let prepared_y =
-                ws.prepared_y
-                    .ensure(device, prepared_bytes(block.cols), max_buffer)?;
-            let norms_y = ws
-                .norms_y
-                .ensure(device, bytes_of(block.cols), max_buffer)?;
-            if block.first_of_column_chunk {
-                let source = RowSource::new(buffers.y, block.col0, block.cols, shape.d);
-                kernels.record_prepare(self, encoder, source, options, &prepared_y, &norms_y)?;
-            }
-            let prepared_x =
-                ws.prepared_x
-                    .ensure(device, prepared_bytes(block.rows), max_buffer)?;
-            let norms_x = ws
-                .norms_x
-                .ensure(device, bytes_of(block.rows), max_buffer)?;
-            if block.first_of_column_chunk || plan.row_chunks > 1 {
-                let source = RowSource::new(buffers.x, block.row0, block.rows, shape.d);
-                kernels.record_prepare(self, encoder, source, options, &prepared_x, &norms_x)?;
-            }
-            kernels.record_pairwise(
+            kernels.record_block(
                 self,
                 encoder,
-                options.distance,
-                PairwiseOperands {
-                    rows: block.rows,
-                    cols: block.cols,
-                    vec_dim,
-                    prepared_x: &prepared_x,
-                    prepared_y: &prepared_y,
-                    norms_x: &norms_x,
-                    norms_y: &norms_y,
+                &mut workspace,
+                &plan,
+                &block,
+                BlockInputs {
+                    x: RowSource::new(buffers.x, block.row0, block.rows, shape.d),
+                    y: RowSource::new(buffers.y, block.col0, block.cols, shape.d),
+                    options,
                 },
                 OutputRange {
                     buffer: buffers.out,
@@ -409,29 +339,11 @@ impl GpuContext {
     }
 }
 
-fn bytes_of(values: usize) -> u64 {
-    values as u64 * BYTES_PER_VALUE
-}
-
-fn check_buffer(
-    what: &'static str,
-    buffer: &wgpu::Buffer,
-    values: usize,
-    usage: wgpu::BufferUsages,
-) -> Result<()> {
-    let missing = usage - buffer.usage();
-    if !missing.is_empty() {
-        return Err(Error::BufferUsage { what, missing });
-    }
-    let needed = bytes_of(values);
-    if buffer.size() < needed {
-        return Err(Error::BufferTooSmall {
-            what,
-            needed,
-            actual: buffer.size(),
-        });
-    }
-    Ok(())
+/// The rows one block reads and how to compare them.
+struct BlockInputs<'a> {
+    x: RowSource<'a>,
+    y: RowSource<'a>,
+    options: DistanceOptions,
 }
 
 /// Where the output rows go: the caller's full `n x m` matrix, or a compact
@@ -524,6 +436,18 @@ impl BlockPlan {
         })
     }
 
+    /// Whether `block` starts a new chunk of Y, which must be prepared.
+    fn prepares_y(&self, block: &Block) -> bool {
+        block.first_of_column_chunk
+    }
+
+    /// Whether `block` needs X's rows prepared: when its column chunk
+    /// starts (the workspace may have been used since) or X has several
+    /// chunks.
+    fn prepares_x(&self, block: &Block) -> bool {
+        block.first_of_column_chunk || self.row_chunks > 1
+    }
+
     /// Blocks in order: column chunks outer, row chunks inner, so each chunk
     /// of Y is prepared once.
     fn blocks(self) -> impl Iterator<Item = Block> {
@@ -540,90 +464,12 @@ impl BlockPlan {
     }
 }
 
-/// A run of rows of a row-major `f32` buffer: rows `first_row..first_row +
-/// rows` of width `dim`.
-#[derive(Clone, Copy)]
-struct RowSource<'a> {
-    buffer: &'a wgpu::Buffer,
-    first_row: usize,
-    rows: usize,
-    dim: usize,
-}
-
-impl<'a> RowSource<'a> {
-    fn new(buffer: &'a wgpu::Buffer, first_row: usize, rows: usize, dim: usize) -> Self {
-        Self {
-            buffer,
-            first_row,
-            rows,
-            dim,
-        }
-    }
-}
-
-/// A binding that starts at the aligned offset at or before `first_value`
-/// and spans `values` values from there; `shift` is `first_value`'s index
-/// within the binding.
-struct AlignedRange {
-    offset: u64,
-    size: u64,
-    shift: u32,
-}
-
-impl AlignedRange {
-    fn new(first_value: u64, values: u64, alignment: u64) -> Result<Self> {
-        let start = first_value * BYTES_PER_VALUE;
-        let offset = start - start % alignment;
-        let shift_values = (start - offset) / BYTES_PER_VALUE;
-        let shift = u32::try_from(shift_values).map_err(|_| Error::SizeOverflow {
-            what: "a binding's offset alignment",
-        })?;
-        Ok(Self {
-            offset,
-            size: (shift_values + values) * BYTES_PER_VALUE,
-            shift,
-        })
-    }
-
-    fn binding<'b>(&self, buffer: &'b wgpu::Buffer) -> wgpu::BindingResource<'b> {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer,
-            offset: self.offset,
-            size: wgpu::BufferSize::new(self.size),
-        })
-    }
-}
-
-/// The prepared operands of one `pairwise` dispatch.
-struct PairwiseOperands<'a> {
-    rows: usize,
-    cols: usize,
-    vec_dim: usize,
-    prepared_x: &'a wgpu::Buffer,
-    prepared_y: &'a wgpu::Buffer,
-    norms_x: &'a wgpu::Buffer,
-    norms_y: &'a wgpu::Buffer,
-}
-
 /// Where one `pairwise` dispatch writes: value `(r, c)` of the block goes to
 /// index `first_value + r * row_stride + c` of `buffer`.
 struct OutputRange<'a> {
     buffer: &'a wgpu::Buffer,
     first_value: u64,
     row_stride: usize,
-}
-
-/// Mirrors `PrepareParams` in shaders/distance.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
-struct PrepareParams {
-    rows: u32,
-    dim: u32,
-    source_offset: u32,
-    vec_dim: u32,
-    normalize: u32,
-    grid_width: u32,
-    _pad: [u32; 2],
 }
 
 /// Mirrors `PairwiseParams` in shaders/distance.wgsl.
@@ -638,18 +484,14 @@ struct PairwiseParams {
     _pad: [u32; 3],
 }
 
-/// Converts a size the block plan has already bounded by a device limit.
-fn to_u32(value: usize, what: &'static str) -> Result<u32> {
-    u32::try_from(value).map_err(|_| Error::SizeOverflow { what })
-}
-
+/// Buffers the distance kernels reuse from call to call.
 struct DistanceWorkspace {
     upload_x: GrowableBuffer,
     upload_y: GrowableBuffer,
     prepared_x: GrowableBuffer,
     prepared_y: GrowableBuffer,
-    norms_x: GrowableBuffer,
-    norms_y: GrowableBuffer,
+    meta_x: GrowableBuffer,
+    meta_y: GrowableBuffer,
     out_block: GrowableBuffer,
     staging: GrowableBuffer,
 }
@@ -657,90 +499,41 @@ struct DistanceWorkspace {
 /// The pipelines of `shaders/distance.wgsl` and the buffers they reuse; one
 /// per device, owned by its [`GpuContext`].
 pub(crate) struct DistanceKernels {
-    prepare_layout: wgpu::BindGroupLayout,
-    pairwise_layout: wgpu::BindGroupLayout,
-    prepare: wgpu::ComputePipeline,
+    layout: wgpu::BindGroupLayout,
     /// Indexed by [`Distance::shader_code`].
     pairwise: Vec<wgpu::ComputePipeline>,
     workspace: Mutex<DistanceWorkspace>,
 }
 
-fn layout_entry(binding: u32, ty: wgpu::BufferBindingType) -> wgpu::BindGroupLayoutEntry {
-    wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty,
-            has_dynamic_offset: false,
-            min_binding_size: None,
-        },
-        count: None,
-    }
-}
-
-const UNIFORM: wgpu::BufferBindingType = wgpu::BufferBindingType::Uniform;
-const READ: wgpu::BufferBindingType = wgpu::BufferBindingType::Storage { read_only: true };
-const READ_WRITE: wgpu::BufferBindingType = wgpu::BufferBindingType::Storage { read_only: false };
-
 impl DistanceKernels {
     pub(crate) fn new(ctx: &GpuContext) -> Result<Self> {
-        let device = ctx.device();
-        let prepare_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("distance.prepare_rows"),
-            entries: &[
-                layout_entry(0, UNIFORM),
-                layout_entry(1, READ),
-                layout_entry(2, READ_WRITE),
-                layout_entry(3, READ_WRITE),
-            ],
-        });
-        let pairwise_layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some("distance.pairwise"),
-            entries: &[
-                layout_entry(0, UNIFORM),
-                layout_entry(1, READ),
-                layout_entry(2, READ),
-                layout_entry(3, READ),
-                layout_entry(4, READ),
-                layout_entry(5, READ_WRITE),
-            ],
-        });
+        let layout = bind_group_layout(
+            ctx.device(),
+            "distance.pairwise",
+            &[UNIFORM, READ, READ, READ, READ, READ_WRITE],
+        );
         let kind_constants: Vec<[(&str, f64); 1]> = Distance::ALL
             .iter()
             .map(|kind| [("DISTANCE_KIND", f64::from(kind.shader_code()))])
             .collect();
-        let mut specs = vec![PipelineSpec {
-            entry_point: "prepare_rows",
-            layout: &prepare_layout,
-            constants: &[],
-        }];
-        for constants in &kind_constants {
-            specs.push(PipelineSpec {
+        let specs: Vec<PipelineSpec<'_>> = kind_constants
+            .iter()
+            .map(|constants| PipelineSpec {
                 entry_point: "pairwise",
-                layout: &pairwise_layout,
+                layout: &layout,
                 constants: constants.as_slice(),
-            });
-        }
-        let mut pipelines = ctx.create_pipelines("distance.wgsl", SHADER, &specs)?;
-        let pairwise = pipelines.split_off(1);
-        let prepare = pipelines.pop().ok_or(Error::Device {
-            during: "creating compute pipelines",
-            message: "prepare_rows pipeline missing".into(),
-        })?;
+            })
+            .collect();
+        let pairwise = ctx.create_pipelines("distance.wgsl", SHADER, &specs)?;
         let storage = wgpu::BufferUsages::STORAGE;
+        let upload = storage | wgpu::BufferUsages::COPY_DST;
         let workspace = DistanceWorkspace {
-            upload_x: GrowableBuffer::new(
-                "distance.upload_x",
-                storage | wgpu::BufferUsages::COPY_DST,
-            ),
-            upload_y: GrowableBuffer::new(
-                "distance.upload_y",
-                storage | wgpu::BufferUsages::COPY_DST,
-            ),
+            upload_x: GrowableBuffer::new("distance.upload_x", upload),
+            upload_y: GrowableBuffer::new("distance.upload_y", upload),
             prepared_x: GrowableBuffer::new("distance.prepared_x", storage),
             prepared_y: GrowableBuffer::new("distance.prepared_y", storage),
-            norms_x: GrowableBuffer::new("distance.norms_x", storage),
-            norms_y: GrowableBuffer::new("distance.norms_y", storage),
+            meta_x: GrowableBuffer::new("distance.meta_x", storage),
+            meta_y: GrowableBuffer::new("distance.meta_y", storage),
             out_block: GrowableBuffer::new(
                 "distance.out_block",
                 storage | wgpu::BufferUsages::COPY_SRC,
@@ -751,141 +544,83 @@ impl DistanceKernels {
             ),
         };
         Ok(Self {
-            prepare_layout,
-            pairwise_layout,
-            prepare,
+            layout,
             pairwise,
             workspace: Mutex::new(workspace),
         })
     }
 
-    /// Records `prepare_rows` for `source` into `prepared` (padded rows) and
-    /// `norms`.
-    fn record_prepare(
-        &self,
-        ctx: &GpuContext,
-        encoder: &mut wgpu::CommandEncoder,
-        source: RowSource<'_>,
-        options: DistanceOptions,
-        prepared: &wgpu::Buffer,
-        norms: &wgpu::Buffer,
-    ) -> Result<()> {
-        let limits = ctx.chunk_limits();
-        let range = AlignedRange::new(
-            source.first_row as u64 * source.dim as u64,
-            source.rows as u64 * source.dim as u64,
-            limits.storage_offset_alignment,
-        )?;
-        let max_groups = limits.max_workgroups_per_dimension.max(1) as usize;
-        let grid_width = source.rows.min(max_groups);
-        let grid_height = source.rows.div_ceil(grid_width);
-        let params = PrepareParams {
-            rows: to_u32(source.rows, "rows in one chunk")?,
-            dim: to_u32(source.dim, "D")?,
-            source_offset: range.shift,
-            vec_dim: to_u32(source.dim.div_ceil(4), "D / 4")?,
-            normalize: u32::from(options.normalizes_rows()),
-            grid_width: to_u32(grid_width, "workgroups")?,
-            _pad: [0; 2],
-        };
-        let device = ctx.device();
-        let params_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("distance.prepare_params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("distance.prepare_rows"),
-            layout: &self.prepare_layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: params_buffer.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: range.binding(source.buffer),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: sized_binding(
-                        prepared,
-                        source.rows as u64 * params.vec_dim as u64 * 16,
-                    ),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: sized_binding(norms, bytes_of(source.rows)),
-                },
-            ],
-        });
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("distance.prepare_rows"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(&self.prepare);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(params.grid_width, to_u32(grid_height, "workgroups")?, 1);
-        Ok(())
+    /// The workspace; a panic elsewhere cannot leave its buffers in a state
+    /// that matters, so a poisoned lock is simply taken over.
+    fn lock_workspace(&self) -> std::sync::MutexGuard<'_, DistanceWorkspace> {
+        self.workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records one `pairwise` dispatch over prepared rows.
-    fn record_pairwise(
+    /// Records one block: the row preparation it needs (Y when its chunk
+    /// changes, X when its chunk changes), then `pairwise` into `output`.
+    #[allow(clippy::too_many_arguments)]
+    fn record_block(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
-        distance: Distance,
-        operands: PairwiseOperands<'_>,
+        ws: &mut DistanceWorkspace,
+        plan: &BlockPlan,
+        block: &Block,
+        inputs: BlockInputs<'_>,
         output: OutputRange<'_>,
     ) -> Result<()> {
+        let device = ctx.device();
         let limits = ctx.chunk_limits();
-        let span = (operands.rows as u64 - 1) * output.row_stride as u64 + operands.cols as u64;
+        let max_buffer = limits.max_buffer_bytes;
+        let vec_dim = plan.vec_dim;
+        let rows_kernels = ctx.row_kernels()?;
+        let normalize = inputs.options.normalizes_rows();
+        let prepared_x =
+            ws.prepared_x
+                .ensure(device, prepared_bytes(block.rows, vec_dim), max_buffer)?;
+        let meta_x = ws
+            .meta_x
+            .ensure(device, meta_bytes(block.rows), max_buffer)?;
+        let prepared_y =
+            ws.prepared_y
+                .ensure(device, prepared_bytes(block.cols, vec_dim), max_buffer)?;
+        let meta_y = ws
+            .meta_y
+            .ensure(device, meta_bytes(block.cols), max_buffer)?;
+        if plan.prepares_y(block) {
+            rows_kernels.record(ctx, encoder, inputs.y, normalize, &prepared_y, &meta_y)?;
+        }
+        if plan.prepares_x(block) {
+            rows_kernels.record(ctx, encoder, inputs.x, normalize, &prepared_x, &meta_x)?;
+        }
+
+        let span = (block.rows as u64 - 1) * output.row_stride as u64 + block.cols as u64;
         let range = AlignedRange::new(output.first_value, span, limits.storage_offset_alignment)?;
         let params = PairwiseParams {
-            rows: to_u32(operands.rows, "rows in one block")?,
-            cols: to_u32(operands.cols, "columns in one block")?,
-            vec_dim: to_u32(operands.vec_dim, "D / 4")?,
+            rows: to_u32(block.rows, "rows in one block")?,
+            cols: to_u32(block.cols, "columns in one block")?,
+            vec_dim: to_u32(vec_dim, "D / 4")?,
             out_offset: range.shift,
             out_row_stride: to_u32(output.row_stride, "M")?,
             _pad: [0; 3],
         };
-        let device = ctx.device();
-        let params_buffer = device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some("distance.pairwise_params"),
-            contents: bytemuck::bytes_of(&params),
-            usage: wgpu::BufferUsages::UNIFORM,
-        });
-        let prepared_bytes = |rows: usize| rows as u64 * operands.vec_dim as u64 * 16;
-        let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("distance.pairwise"),
-            layout: &self.pairwise_layout,
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: params_buffer.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: sized_binding(operands.prepared_x, prepared_bytes(operands.rows)),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 2,
-                    resource: sized_binding(operands.prepared_y, prepared_bytes(operands.cols)),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 3,
-                    resource: sized_binding(operands.norms_x, bytes_of(operands.rows)),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 4,
-                    resource: sized_binding(operands.norms_y, bytes_of(operands.cols)),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 5,
-                    resource: range.binding(output.buffer),
-                },
+        let params_buffer = uniform_buffer(device, "distance.pairwise_params", &params);
+        let group = bind_group(
+            device,
+            "distance.pairwise",
+            &self.layout,
+            vec![
+                params_buffer.as_entire_binding(),
+                sized_binding(&prepared_x, prepared_bytes(block.rows, vec_dim)),
+                sized_binding(&prepared_y, prepared_bytes(block.cols, vec_dim)),
+                sized_binding(&meta_x, meta_bytes(block.rows)),
+                sized_binding(&meta_y, meta_bytes(block.cols)),
+                range.binding(output.buffer),
             ],
-        });
+        );
+        let distance = inputs.options.distance;
         let pipeline = self
             .pairwise
             .get(distance.shader_code() as usize)
@@ -893,28 +628,13 @@ impl DistanceKernels {
                 during: "recording pairwise distances",
                 message: format!("no pipeline for {distance:?}"),
             })?;
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("distance.pairwise"),
-            timestamp_writes: None,
-        });
-        pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &bind_group, &[]);
-        pass.dispatch_workgroups(
-            to_u32(operands.cols.div_ceil(TILE), "workgroups")?,
-            to_u32(operands.rows.div_ceil(TILE), "workgroups")?,
-            1,
+        let groups = (
+            to_u32(block.cols.div_ceil(TILE), "workgroups")?,
+            to_u32(block.rows.div_ceil(TILE), "workgroups")?,
         );
+        dispatch(encoder, "distance.pairwise", pipeline, &group, groups);
         Ok(())
     }
-}
-
-/// The first `bytes` bytes of `buffer` (at least 4, the smallest binding).
-fn sized_binding(buffer: &wgpu::Buffer, bytes: u64) -> wgpu::BindingResource<'_> {
-    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-        buffer,
-        offset: 0,
-        size: wgpu::BufferSize::new(bytes.max(4)),
-    })
 }
 
 #[cfg(test)]
@@ -1019,16 +739,5 @@ mod tests {
         .unwrap_or_default();
         assert!(error.contains("max_storage_buffer_binding_size"), "{error}");
         assert!(error.contains("D = 1000"), "{error}");
-    }
-
-    #[test]
-    fn aligned_ranges_start_at_or_before_the_value() -> Result<()> {
-        for first in [0u64, 1, 63, 64, 65, 1000] {
-            let range = AlignedRange::new(first, 10, 256)?;
-            assert_eq!(range.offset % 256, 0);
-            assert_eq!(range.offset / 4 + u64::from(range.shift), first);
-            assert_eq!(range.size, (u64::from(range.shift) + 10) * 4);
-        }
-        Ok(())
     }
 }

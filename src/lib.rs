@@ -52,10 +52,12 @@
 //! A training loop that already owns a device wraps it with
 //! [`GpuContext::from_device`].
 
+mod binding;
 pub mod context;
 pub mod distance;
 pub mod error;
 pub mod reference;
+mod rows;
 pub mod synthetic;
 mod workspace;
 

@@ -56,7 +56,7 @@ fn normalisation_removes_scale() {
     // (0.6, 0.8) and (-0.8, 0.6) are orthogonal unit vectors.
     assert!((out[1] - 2f64.sqrt()).abs() < 1e-15);
     // A zero row stays zero when normalised.
-    let (rows, norms) = cpu::prepare_rows(&[0.0, 0.0, 3.0, 4.0], 2, true);
+    let (rows, norms) = reference::rows::prepare_rows(&[0.0, 0.0, 3.0, 4.0], 2, true);
     assert_eq!(rows, vec![0.0, 0.0, 0.6, 0.8]);
     assert_eq!(norms, vec![0.0, 5.0]);
 }

@@ -1,33 +1,13 @@
-//! CPU mirror of `shaders/distance.wgsl`: the same two steps (prepare the
-//! rows, then every pair), in `f64`, as plain loops (parallel over output
-//! rows).
+//! CPU mirror of `shaders/distance.wgsl`: every pair of rows prepared by
+//! [`super::rows::prepare_rows`], in `f64`, as plain loops (parallel over
+//! output rows).
 
 use rayon::prelude::*;
 
+use super::rows::prepare_rows;
+
 use crate::distance::{Distance, DistanceOptions, PairwiseShape};
 use crate::error::Result;
-
-/// Mirror of `prepare_rows`: the rows of `x` (`rows x d`) in `f64`, divided
-/// by their L2 norm when `normalize` is set (rows of norm 0 stay 0), and the
-/// norms `‖x_i‖₂`.
-///
-/// The shader scales by the row's largest magnitude before squaring so its
-/// `f32` sum cannot overflow; in `f64` the squares of `f32` values cannot
-/// overflow, so the plain sum is exact enough.
-pub fn prepare_rows(x: &[f32], d: usize, normalize: bool) -> (Vec<f64>, Vec<f64>) {
-    let mut prepared: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
-    let norms: Vec<f64> = prepared
-        .par_chunks_mut(d.max(1))
-        .map(|row| {
-            let norm = row.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if normalize && norm > 0.0 {
-                row.iter_mut().for_each(|v| *v /= norm);
-            }
-            norm
-        })
-        .collect();
-    (prepared, norms)
-}
 
 /// Mirror of `pairwise` for one pair of prepared rows: the distance and the
 /// magnitude that bounds its `f32` rounding error (see

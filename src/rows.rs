@@ -1,0 +1,190 @@
+//! Row preparation on the GPU (`shaders/rows.wgsl`): the first step of every
+//! kernel family that reads embeddings.
+//!
+//! Rows of `D` values are copied into rows padded with zeros to a multiple
+//! of 4 (so kernels use `vec4` loads for any `D`), divided by their L2 norm
+//! `‖x‖₂` when asked (rows of norm 0 stay 0), with a `vec4<u32>` of
+//! metadata beside each row: `(bits of ‖x‖₂, label, id, 0)`. The CPU mirror
+//! is [`crate::reference::rows`].
+
+use crate::binding::{
+    bind_group, bind_group_layout, dispatch, grid_2d, sized_binding, to_u32, uniform_buffer,
+    AlignedRange, BYTES_PER_VEC4, READ, READ_WRITE, UNIFORM,
+};
+use crate::context::{GpuContext, PipelineSpec};
+use crate::error::{Error, Result};
+
+const SHADER: &str = include_str!("../shaders/rows.wgsl");
+
+/// Bytes of `rows` prepared rows of `vec_dim` vec4s.
+pub(crate) fn prepared_bytes(rows: usize, vec_dim: usize) -> u64 {
+    rows as u64 * vec_dim as u64 * BYTES_PER_VEC4
+}
+
+/// Bytes of the metadata of `rows` rows.
+pub(crate) fn meta_bytes(rows: usize) -> u64 {
+    rows as u64 * BYTES_PER_VEC4
+}
+
+/// vec4s per prepared row of `d` values.
+pub(crate) const fn vec_dim(d: usize) -> usize {
+    d.div_ceil(4)
+}
+
+/// Rows `first_row..first_row + rows` of a row-major `f32` buffer of width
+/// `dim`, with the labels and ids of the same rows where there are any.
+#[derive(Clone, Copy)]
+pub(crate) struct RowSource<'a> {
+    pub(crate) buffer: &'a wgpu::Buffer,
+    pub(crate) first_row: usize,
+    pub(crate) rows: usize,
+    pub(crate) dim: usize,
+    pub(crate) labels: Option<&'a wgpu::Buffer>,
+    pub(crate) ids: Option<&'a wgpu::Buffer>,
+}
+
+impl<'a> RowSource<'a> {
+    pub(crate) fn new(buffer: &'a wgpu::Buffer, first_row: usize, rows: usize, dim: usize) -> Self {
+        Self {
+            buffer,
+            first_row,
+            rows,
+            dim,
+            labels: None,
+            ids: None,
+        }
+    }
+}
+
+/// Mirrors `PrepareParams` in shaders/rows.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct PrepareParams {
+    rows: u32,
+    dim: u32,
+    source_offset: u32,
+    vec_dim: u32,
+    normalize: u32,
+    grid_width: u32,
+    label_offset: u32,
+    id_offset: u32,
+    has_labels: u32,
+    has_ids: u32,
+    _pad: [u32; 2],
+}
+
+/// The `prepare_rows` pipeline; one per device, owned by its [`GpuContext`].
+pub(crate) struct RowKernels {
+    layout: wgpu::BindGroupLayout,
+    prepare: wgpu::ComputePipeline,
+    /// Bound in place of absent labels or ids.
+    placeholder: wgpu::Buffer,
+}
+
+impl RowKernels {
+    pub(crate) fn new(ctx: &GpuContext) -> Result<Self> {
+        let device = ctx.device();
+        let layout = bind_group_layout(
+            device,
+            "rows.prepare_rows",
+            &[UNIFORM, READ, READ, READ, READ_WRITE, READ_WRITE],
+        );
+        let prepare = ctx
+            .create_pipelines(
+                "rows.wgsl",
+                SHADER,
+                &[PipelineSpec {
+                    entry_point: "prepare_rows",
+                    layout: &layout,
+                    constants: &[],
+                }],
+            )?
+            .pop()
+            .ok_or(Error::Device {
+                during: "creating compute pipelines",
+                message: "prepare_rows pipeline missing".into(),
+            })?;
+        let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("rows.placeholder"),
+            size: BYTES_PER_VEC4,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        Ok(Self {
+            layout,
+            prepare,
+            placeholder,
+        })
+    }
+
+    /// `buffer`'s range of this chunk's rows, or the placeholder.
+    fn optional_binding<'b>(
+        &'b self,
+        range: &AlignedRange,
+        buffer: Option<&'b wgpu::Buffer>,
+    ) -> wgpu::BindingResource<'b> {
+        match buffer {
+            Some(buffer) => range.binding(buffer),
+            None => self.placeholder.as_entire_binding(),
+        }
+    }
+
+    /// Records `prepare_rows` for `source` into `prepared` (padded rows,
+    /// from offset 0) and `meta`.
+    pub(crate) fn record(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        source: RowSource<'_>,
+        normalize: bool,
+        prepared: &wgpu::Buffer,
+        meta: &wgpu::Buffer,
+    ) -> Result<()> {
+        let limits = ctx.chunk_limits();
+        let alignment = limits.storage_offset_alignment;
+        let values = AlignedRange::new(
+            source.first_row as u64 * source.dim as u64,
+            source.rows as u64 * source.dim as u64,
+            alignment,
+        )?;
+        let per_row = AlignedRange::new(source.first_row as u64, source.rows as u64, alignment)?;
+        let (grid_width, grid_height) = grid_2d(source.rows, limits.max_workgroups_per_dimension)?;
+        let vec_dim = vec_dim(source.dim);
+        let params = PrepareParams {
+            rows: to_u32(source.rows, "rows in one chunk")?,
+            dim: to_u32(source.dim, "D")?,
+            source_offset: values.shift,
+            vec_dim: to_u32(vec_dim, "D / 4")?,
+            normalize: u32::from(normalize),
+            grid_width,
+            label_offset: per_row.shift,
+            id_offset: per_row.shift,
+            has_labels: u32::from(source.labels.is_some()),
+            has_ids: u32::from(source.ids.is_some()),
+            _pad: [0; 2],
+        };
+        let device = ctx.device();
+        let params_buffer = uniform_buffer(device, "rows.prepare_params", &params);
+        let group = bind_group(
+            device,
+            "rows.prepare_rows",
+            &self.layout,
+            vec![
+                params_buffer.as_entire_binding(),
+                values.binding(source.buffer),
+                self.optional_binding(&per_row, source.labels),
+                self.optional_binding(&per_row, source.ids),
+                sized_binding(prepared, prepared_bytes(source.rows, vec_dim)),
+                sized_binding(meta, meta_bytes(source.rows)),
+            ],
+        );
+        dispatch(
+            encoder,
+            "rows.prepare_rows",
+            &self.prepare,
+            &group,
+            (grid_width, grid_height),
+        );
+        Ok(())
+    }
+}
