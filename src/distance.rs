@@ -170,14 +170,15 @@ impl PairwiseShape {
     }
 
     /// Validates the shape and the lengths of `x` and `y` against it.
-    pub fn check_slices(&self, x: &[f32], y: &[f32]) -> Result<()> {
+    pub fn check_slices<T>(&self, x: &[T], y: &[T]) -> Result<()> {
         self.validate()?;
         check_len("X", self.x_len()?, x.len())?;
         check_len("Y", self.y_len()?, y.len())
     }
 }
 
-fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
+/// `Ok` when `actual == expected`, else [`Error::LengthMismatch`].
+pub(crate) fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
     if expected == actual {
         Ok(())
     } else {

@@ -74,6 +74,26 @@ pub enum Error {
         what: &'static str,
     },
 
+    /// The loss parameters are inconsistent.
+    #[error("invalid contrastive loss: {reason}")]
+    InvalidLoss {
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+
+    /// An input holds a value outside its allowed range.
+    #[error("{what}[{index}] = {value}, but {expected}")]
+    InvalidValue {
+        /// Which input.
+        what: &'static str,
+        /// Where.
+        index: usize,
+        /// The offending value.
+        value: String,
+        /// What is allowed.
+        expected: &'static str,
+    },
+
     /// A caller-owned buffer is smaller than the shape needs.
     #[error("buffer `{what}` holds {actual} bytes, but the shape needs {needed}")]
     BufferTooSmall {

@@ -12,7 +12,13 @@ use crate::error::Result;
 /// Mirror of `pairwise` for one pair of prepared rows: the distance and the
 /// magnitude that bounds its `f32` rounding error (see
 /// [`pairwise_tolerances`]).
-fn pair(options: DistanceOptions, a: &[f64], b: &[f64], norm_a: f64, norm_b: f64) -> (f64, f64) {
+pub(crate) fn pair(
+    options: DistanceOptions,
+    a: &[f64],
+    b: &[f64],
+    norm_a: f64,
+    norm_b: f64,
+) -> (f64, f64) {
     let normalized = options.normalizes_rows();
     match options.distance {
         Distance::Dot => {
@@ -48,9 +54,9 @@ fn pair(options: DistanceOptions, a: &[f64], b: &[f64], norm_a: f64, norm_b: f64
     }
 }
 
-fn for_each_pair(
-    x: &[f32],
-    y: &[f32],
+fn for_each_pair<T: Copy + Into<f64> + Sync>(
+    x: &[T],
+    y: &[T],
     shape: PairwiseShape,
     options: DistanceOptions,
     pick: fn((f64, f64)) -> f64,
@@ -73,9 +79,9 @@ fn for_each_pair(
 /// The `n x m` distance matrix between the rows of `x` and `y`, row-major,
 /// computed in `f64`; same definitions as
 /// [`GpuContext::pairwise_distances`](crate::GpuContext::pairwise_distances).
-pub fn pairwise_distances(
-    x: &[f32],
-    y: &[f32],
+pub fn pairwise_distances<T: Copy + Into<f64> + Sync>(
+    x: &[T],
+    y: &[T],
     shape: PairwiseShape,
     options: DistanceOptions,
 ) -> Result<Vec<f64>> {
@@ -94,9 +100,9 @@ pub fn pairwise_distances(
 ///
 /// Differences are accumulated directly, so Euclidean errors are relative
 /// to the distance itself: identical rows must come out exactly 0.
-pub fn pairwise_tolerances(
-    x: &[f32],
-    y: &[f32],
+pub fn pairwise_tolerances<T: Copy + Into<f64> + Sync>(
+    x: &[T],
+    y: &[T],
     shape: PairwiseShape,
     options: DistanceOptions,
 ) -> Result<Vec<f64>> {

@@ -18,6 +18,7 @@
 //! reference value beyond `f32::MAX` expects the GPU's `±inf`.
 
 pub mod distance;
+pub mod loss;
 pub mod rows;
 
 /// The tolerance rule shared by every GPU-against-CPU comparison: the
