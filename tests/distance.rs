@@ -378,7 +378,7 @@ fn bad_slices_give_typed_errors() {
             .unwrap_err();
         assert!(matches!(error, Error::ZeroDimension { .. }), "{error:?}");
         assert!(error.to_string().starts_with(name), "{error}");
-        assert!(cpu::pairwise_distances(&[], &[], shape, options).is_err());
+        assert!(cpu::pairwise_distances::<f32>(&[], &[], shape, options).is_err());
     }
     let huge = PairwiseShape::new(usize::MAX / 2, 4, 1);
     assert!(matches!(

@@ -91,7 +91,7 @@ fn bad_input_gives_typed_errors() {
         })
     ));
     assert!(matches!(
-        cpu::pairwise_distances(&[], &[], PairwiseShape::new(1, 1, 0), options),
+        cpu::pairwise_distances::<f32>(&[], &[], PairwiseShape::new(1, 1, 0), options),
         Err(Error::ZeroDimension { .. })
     ));
 }
