@@ -28,8 +28,10 @@ struct PrepareParams {
     id_offset: u32,
     has_labels: u32,
     has_ids: u32,
+    // Index of this dispatch's first row within the chunk (large chunks
+    // take several dispatches).
+    row_base: u32,
     _pad0: u32,
-    _pad1: u32,
 }
 
 const PREPARE_THREADS: u32 = 64u;
@@ -71,7 +73,7 @@ fn prepare_rows(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) local: u32,
 ) {
-    let row = wid.x + wid.y * params.grid_width;
+    let row = params.row_base + wid.x + wid.y * params.grid_width;
     if (row >= params.rows) {
         return;
     }

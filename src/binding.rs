@@ -88,6 +88,19 @@ pub(crate) fn sized_binding(buffer: &wgpu::Buffer, bytes: u64) -> wgpu::BindingR
     })
 }
 
+/// `bytes` bytes of `buffer` from `offset`, which the caller has aligned.
+pub(crate) fn offset_binding(
+    buffer: &wgpu::Buffer,
+    offset: u64,
+    bytes: u64,
+) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer,
+        offset,
+        size: wgpu::BufferSize::new(bytes.max(BYTES_PER_VALUE)),
+    })
+}
+
 /// A binding that starts at the aligned offset at or before `first_value`
 /// and spans `values` values from there; `shift` is `first_value`'s index
 /// within the binding.
@@ -134,6 +147,29 @@ pub(crate) fn grid_2d(groups: usize, max_width: u32) -> Result<(u32, u32)> {
         to_u32(width, "workgroups")?,
         to_u32(groups.div_ceil(width), "workgroups")?,
     ))
+}
+
+/// Splits `items` (rows or pairs, `per_group` to a workgroup) into
+/// dispatches whose 2-D grids fit `max_groups` per dimension: calls `each`
+/// with the first item, the item count and the grid of every dispatch.
+pub(crate) fn for_each_dispatch(
+    items: usize,
+    per_group: usize,
+    max_groups: u32,
+    mut each: impl FnMut(usize, usize, (u32, u32)) -> Result<()>,
+) -> Result<()> {
+    let max_groups = max_groups.max(1) as usize;
+    let per_dispatch = max_groups
+        .saturating_mul(max_groups)
+        .saturating_mul(per_group);
+    let mut base = 0;
+    while base < items {
+        let count = per_dispatch.min(items - base);
+        let grid = grid_2d(count.div_ceil(per_group), max_groups as u32)?;
+        each(base, count, grid)?;
+        base += count;
+    }
+    Ok(())
 }
 
 /// Records one compute pass with one dispatch.
@@ -187,6 +223,19 @@ mod tests {
             assert_eq!(range.offset / 4 + u64::from(range.shift), first);
             assert_eq!(range.size, (u64::from(range.shift) + 10) * 4);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn dispatches_cover_every_item_once() -> Result<()> {
+        let mut seen = Vec::new();
+        for_each_dispatch(1000, 64, 2, |base, count, (w, h)| {
+            assert!(w <= 2 && h <= 2);
+            assert!(count <= (w * h) as usize * 64);
+            seen.push((base, count));
+            Ok(())
+        })?;
+        assert_eq!(seen, vec![(0, 256), (256, 256), (512, 256), (768, 232)]);
         Ok(())
     }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::distance::DistanceKernels;
 use crate::error::{Error, Result};
+use crate::loss::LossKernels;
 use crate::rows::RowKernels;
 
 /// What the crate knows about the adapter it runs on; print it next to any
@@ -90,6 +91,7 @@ struct ContextInner {
     chunk_limits: ChunkLimits,
     rows: OnceLock<RowKernels>,
     distance: OnceLock<DistanceKernels>,
+    loss: OnceLock<LossKernels>,
 }
 
 /// A wgpu device and queue with the crate's kernels.
@@ -230,6 +232,7 @@ impl GpuContext {
                 chunk_limits,
                 rows: OnceLock::new(),
                 distance: OnceLock::new(),
+                loss: OnceLock::new(),
             }),
         }
     }
@@ -256,6 +259,10 @@ impl GpuContext {
 
     pub(crate) fn row_kernels(&self) -> Result<&RowKernels> {
         cached(&self.inner.rows, || RowKernels::new(self))
+    }
+
+    pub(crate) fn loss_kernels(&self) -> Result<&LossKernels> {
+        cached(&self.inner.loss, || LossKernels::new(self))
     }
 
     pub(crate) fn distance_kernels(&self) -> Result<&DistanceKernels> {

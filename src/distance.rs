@@ -34,7 +34,7 @@ use crate::binding::{
 };
 use crate::context::{ChunkLimits, GpuContext, PipelineSpec};
 use crate::error::{Error, Result};
-use crate::rows::{meta_bytes, prepared_bytes, RowSource};
+use crate::rows::{meta_bytes, prepared_bytes, PreparedTarget, RowSource};
 use crate::workspace::GrowableBuffer;
 
 const SHADER: &str = include_str!("../shaders/distance.wgsl");
@@ -591,10 +591,20 @@ impl DistanceKernels {
             .meta_y
             .ensure(device, meta_bytes(block.cols), max_buffer)?;
         if plan.prepares_y(block) {
-            rows_kernels.record(ctx, encoder, inputs.y, normalize, &prepared_y, &meta_y)?;
+            let target = PreparedTarget {
+                rows: &prepared_y,
+                meta: &meta_y,
+                first_row: 0,
+            };
+            rows_kernels.record(ctx, encoder, inputs.y, normalize, target)?;
         }
         if plan.prepares_x(block) {
-            rows_kernels.record(ctx, encoder, inputs.x, normalize, &prepared_x, &meta_x)?;
+            let target = PreparedTarget {
+                rows: &prepared_x,
+                meta: &meta_x,
+                first_row: 0,
+            };
+            rows_kernels.record(ctx, encoder, inputs.x, normalize, target)?;
         }
 
         let span = (block.rows as u64 - 1) * output.row_stride as u64 + block.cols as u64;

@@ -65,5 +65,8 @@ mod workspace;
 pub use context::{AdapterDescription, ChunkLimits, ContextOptions, GpuContext};
 pub use distance::{Distance, DistanceBuffers, DistanceOptions, PairwiseShape};
 pub use error::{Error, Result};
-pub use loss::{ContrastiveLoss, PairCounts, Power, Reduction};
+pub use loss::{
+    BankBuffers, BankIds, ContrastiveLoss, Gradients, InBatchBuffers, IndexPair, IndexPairBuffers,
+    LossResult, LossTotals, PairBuffers, PairCounts, Power, Reduction,
+};
 pub use wgpu;

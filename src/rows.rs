@@ -8,8 +8,8 @@
 //! is [`crate::reference::rows`].
 
 use crate::binding::{
-    bind_group, bind_group_layout, dispatch, grid_2d, sized_binding, to_u32, uniform_buffer,
-    AlignedRange, BYTES_PER_VEC4, READ, READ_WRITE, UNIFORM,
+    bind_group, bind_group_layout, dispatch, for_each_dispatch, offset_binding, to_u32,
+    uniform_buffer, AlignedRange, BYTES_PER_VEC4, READ, READ_WRITE, UNIFORM,
 };
 use crate::context::{GpuContext, PipelineSpec};
 use crate::error::{Error, Result};
@@ -56,6 +56,14 @@ impl<'a> RowSource<'a> {
     }
 }
 
+/// Where prepared rows go: rows `first_row..` of `rows` and `meta`.
+#[derive(Clone, Copy)]
+pub(crate) struct PreparedTarget<'a> {
+    pub(crate) rows: &'a wgpu::Buffer,
+    pub(crate) meta: &'a wgpu::Buffer,
+    pub(crate) first_row: usize,
+}
+
 /// Mirrors `PrepareParams` in shaders/rows.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -70,7 +78,8 @@ struct PrepareParams {
     id_offset: u32,
     has_labels: u32,
     has_ids: u32,
-    _pad: [u32; 2],
+    row_base: u32,
+    _pad: u32,
 }
 
 /// The `prepare_rows` pipeline; one per device, owned by its [`GpuContext`].
@@ -129,62 +138,92 @@ impl RowKernels {
         }
     }
 
-    /// Records `prepare_rows` for `source` into `prepared` (padded rows,
-    /// from offset 0) and `meta`.
+    /// A storage buffer to bind where an optional input is absent.
+    pub(crate) fn placeholder(&self) -> &wgpu::Buffer {
+        &self.placeholder
+    }
+
+    /// Records `prepare_rows` for `source` into rows `first_row..` of
+    /// `target` (padded rows and metadata). `first_row` must put both at
+    /// aligned offsets (any multiple of 16 rows does).
     pub(crate) fn record(
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
         source: RowSource<'_>,
         normalize: bool,
-        prepared: &wgpu::Buffer,
-        meta: &wgpu::Buffer,
+        target: PreparedTarget<'_>,
     ) -> Result<()> {
         let limits = ctx.chunk_limits();
         let alignment = limits.storage_offset_alignment;
+        let vec_dim = vec_dim(source.dim);
+        let rows_offset = prepared_bytes(target.first_row, vec_dim);
+        let meta_offset = meta_bytes(target.first_row);
+        if rows_offset % alignment != 0 || meta_offset % alignment != 0 {
+            return Err(Error::Device {
+                during: "recording row preparation",
+                message: format!("row {} is not at an aligned offset", target.first_row),
+            });
+        }
         let values = AlignedRange::new(
             source.first_row as u64 * source.dim as u64,
             source.rows as u64 * source.dim as u64,
             alignment,
         )?;
         let per_row = AlignedRange::new(source.first_row as u64, source.rows as u64, alignment)?;
-        let (grid_width, grid_height) = grid_2d(source.rows, limits.max_workgroups_per_dimension)?;
-        let vec_dim = vec_dim(source.dim);
-        let params = PrepareParams {
-            rows: to_u32(source.rows, "rows in one chunk")?,
-            dim: to_u32(source.dim, "D")?,
-            source_offset: values.shift,
-            vec_dim: to_u32(vec_dim, "D / 4")?,
-            normalize: u32::from(normalize),
-            grid_width,
-            label_offset: per_row.shift,
-            id_offset: per_row.shift,
-            has_labels: u32::from(source.labels.is_some()),
-            has_ids: u32::from(source.ids.is_some()),
-            _pad: [0; 2],
-        };
         let device = ctx.device();
-        let params_buffer = uniform_buffer(device, "rows.prepare_params", &params);
-        let group = bind_group(
-            device,
-            "rows.prepare_rows",
-            &self.layout,
-            vec![
-                params_buffer.as_entire_binding(),
-                values.binding(source.buffer),
-                self.optional_binding(&per_row, source.labels),
-                self.optional_binding(&per_row, source.ids),
-                sized_binding(prepared, prepared_bytes(source.rows, vec_dim)),
-                sized_binding(meta, meta_bytes(source.rows)),
-            ],
+        let source_binding = values.binding(source.buffer);
+        let label_binding = self.optional_binding(&per_row, source.labels);
+        let id_binding = self.optional_binding(&per_row, source.ids);
+        let rows_binding = offset_binding(
+            target.rows,
+            rows_offset,
+            prepared_bytes(source.rows, vec_dim),
         );
-        dispatch(
-            encoder,
-            "rows.prepare_rows",
-            &self.prepare,
-            &group,
-            (grid_width, grid_height),
-        );
+        let meta_binding = offset_binding(target.meta, meta_offset, meta_bytes(source.rows));
+        for_each_dispatch(
+            source.rows,
+            1,
+            limits.max_workgroups_per_dimension,
+            |row_base, _, (grid_width, grid_height)| {
+                let params = PrepareParams {
+                    rows: to_u32(source.rows, "rows in one chunk")?,
+                    dim: to_u32(source.dim, "D")?,
+                    source_offset: values.shift,
+                    vec_dim: to_u32(vec_dim, "D / 4")?,
+                    normalize: u32::from(normalize),
+                    grid_width,
+                    label_offset: per_row.shift,
+                    id_offset: per_row.shift,
+                    has_labels: u32::from(source.labels.is_some()),
+                    has_ids: u32::from(source.ids.is_some()),
+                    row_base: to_u32(row_base, "rows in one chunk")?,
+                    _pad: 0,
+                };
+                let params_buffer = uniform_buffer(device, "rows.prepare_params", &params);
+                let group = bind_group(
+                    device,
+                    "rows.prepare_rows",
+                    &self.layout,
+                    vec![
+                        params_buffer.as_entire_binding(),
+                        source_binding.clone(),
+                        label_binding.clone(),
+                        id_binding.clone(),
+                        rows_binding.clone(),
+                        meta_binding.clone(),
+                    ],
+                );
+                dispatch(
+                    encoder,
+                    "rows.prepare_rows",
+                    &self.prepare,
+                    &group,
+                    (grid_width, grid_height),
+                );
+                Ok(())
+            },
+        )?;
         Ok(())
     }
 }

@@ -21,6 +21,11 @@ impl GrowableBuffer {
         }
     }
 
+    /// Bytes allocated now (0 before first use).
+    pub(crate) fn size(&self) -> u64 {
+        self.buffer.as_ref().map_or(0, wgpu::Buffer::size)
+    }
+
     /// A handle to a buffer of at least `bytes` bytes (rounded up to 16 so vec4 bindings
     /// fit); grows by at least half its size to avoid reallocating on every
     /// slightly larger call.

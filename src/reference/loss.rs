@@ -21,6 +21,7 @@ use super::rows::prepare_rows;
 use crate::distance::{check_len, Distance, DistanceOptions};
 use crate::error::{Error, Result};
 use crate::loss::{reduction_weights, ContrastiveLoss, PairCounts, Power, Reduction};
+pub use crate::loss::{BankIds, IndexPair};
 
 /// One pair evaluated: distance, loss, and the gradient coefficient.
 struct PairEval {
@@ -310,16 +311,6 @@ pub fn in_batch<T: Copy + Into<f64> + Sync>(
     })
 }
 
-/// Optional ids of queries and bank rows: pairs with equal ids are skipped
-/// (a query that is itself in the bank).
-#[derive(Clone, Copy, Debug)]
-pub struct BankIds<'a> {
-    /// One id per query.
-    pub queries: &'a [u32],
-    /// One id per bank row.
-    pub bank: &'a [u32],
-}
-
 /// Every pair of a query (`queries`, `n x d`) and a bank row (`bank`,
 /// `m x d`), positive when the labels match, skipping pairs with equal ids
 /// when `ids` is given: the loss, `∂L/∂queries`, and `∂L/∂bank` when
@@ -397,18 +388,6 @@ pub fn explicit_pairs<T: Copy + Into<f64> + Sync>(
     let second = Prepared::new(x2, d, loss);
     let pairs: Vec<(usize, usize, bool)> = (0..b).map(|p| (p, p, similar[p])).collect();
     pair_list(loss, &first, Some(&second), &pairs)
-}
-
-/// One `(i, j, y)` triple of an index list: rows `i` and `j` of the batch,
-/// `y = 1` similar, `y = 0` dissimilar.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct IndexPair {
-    /// First row.
-    pub first: u32,
-    /// Second row.
-    pub second: u32,
-    /// 1: similar; 0: dissimilar.
-    pub label: u32,
 }
 
 /// Index lists (e.g. from a miner) over the rows of the `n x d` batch `x`:

@@ -68,3 +68,20 @@ pub fn mixed_rows(rows: usize, d: usize, seed: u64) -> Vec<f32> {
     }
     values
 }
+
+/// A context whose bindings are capped at 4 KiB and dispatches at 2
+/// workgroups per dimension: the smallest that holds 32 rows of a loss
+/// gradient at the test sizes, so loss work spans many chunks.
+pub fn gpu_with_small_chunks() -> &'static GpuContext {
+    static GPU: OnceLock<GpuContext> = OnceLock::new();
+    GPU.get_or_init(|| {
+        open(
+            ContextOptions {
+                max_binding_bytes: Some(4096),
+                max_workgroups_per_dimension: Some(2),
+                ..ContextOptions::default()
+            },
+            "small chunks",
+        )
+    })
+}
