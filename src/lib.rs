@@ -1,8 +1,11 @@
 //! # contrastive-wgpu
 //!
 //! WGSL compute kernels, run through [wgpu], for margin-based metric
-//! learning: pairwise distances between sets of embeddings, with a CPU
-//! reference path ([`mod@reference`]) that every kernel is tested against.
+//! learning: pairwise distances between sets of embeddings ([`distance`])
+//! and the contrastive loss of Hadsell, Chopra & LeCun with its gradients
+//! ([`loss`], where the formulas, presets and the role of the margin are
+//! explained), with a CPU reference path ([`mod@reference`]) that every
+//! kernel is tested against.
 //!
 //! ## Conventions
 //!
