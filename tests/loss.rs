@@ -584,3 +584,179 @@ fn bad_input_gives_typed_errors() {
         Err(Error::LengthMismatch { .. })
     ));
 }
+
+/// Buffers for the record-API tests.
+struct Buffers<'a> {
+    gpu: &'a GpuContext,
+}
+
+impl Buffers<'_> {
+    fn input<T: bytemuck::Pod>(&self, values: &[T]) -> wgpu::Buffer {
+        self.gpu
+            .device()
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: None,
+                contents: bytemuck::cast_slice(values),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+
+    fn output(&self, bytes: u64) -> wgpu::Buffer {
+        self.gpu.device().create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Submits `encoder` after copying `outputs` out, and returns their words.
+    fn read(&self, mut encoder: wgpu::CommandEncoder, outputs: &[&wgpu::Buffer]) -> Vec<Vec<u32>> {
+        let device = self.gpu.device();
+        let staging: Vec<wgpu::Buffer> = outputs
+            .iter()
+            .map(|b| {
+                let s = device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: b.size(),
+                    usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                });
+                encoder.copy_buffer_to_buffer(b, 0, &s, 0, b.size());
+                s
+            })
+            .collect();
+        self.gpu.queue().submit([encoder.finish()]);
+        for s in &staging {
+            s.slice(..).map_async(wgpu::MapMode::Read, |r| r.unwrap());
+        }
+        device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+        staging
+            .iter()
+            .map(|s| bytemuck::pod_collect_to_vec(&s.slice(..).get_mapped_range().unwrap()))
+            .collect()
+    }
+}
+
+fn floats(words: &[u32]) -> Vec<f32> {
+    words.iter().map(|&w| f32::from_bits(w)).collect()
+}
+
+#[test]
+fn bank_pairs_and_index_lists_recorded_on_caller_buffers_match_the_slice_api() {
+    let gpu = gpu();
+    let b = Buffers { gpu };
+    let loss = ContrastiveLoss::pytorch_metric_learning();
+    let d = 7;
+
+    // Queries against a bank, ids skipping, both gradients.
+    let (n, m) = (21, 50);
+    let (q, bank) = (rows(n, d, 31), rows(m, d, 32));
+    let (ql, bl) = (labels(n, 3, 31), labels(m, 3, 32));
+    let (qi, bi): (Vec<u32>, Vec<u32>) = ((0..n as u32).collect(), (10..10 + m as u32).collect());
+    let (q_buf, ql_buf, bank_buf, bl_buf) =
+        (b.input(&q), b.input(&ql), b.input(&bank), b.input(&bl));
+    let (qi_buf, bi_buf) = (b.input(&qi), b.input(&bi));
+    let (qg, bg, totals) = (
+        b.output((n * d * 4) as u64),
+        b.output((m * d * 4) as u64),
+        b.output(LossTotals::SIZE),
+    );
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_contrastive_against_bank(
+        &mut encoder,
+        contrastive_wgpu::BankBuffers {
+            queries: &q_buf,
+            query_labels: &ql_buf,
+            bank: &bank_buf,
+            bank_labels: &bl_buf,
+            ids: Some((&qi_buf, &bi_buf)),
+            query_gradient: Some(&qg),
+            bank_gradient: Some(&bg),
+            totals: &totals,
+        },
+        (n, m, d),
+        &loss,
+    )
+    .unwrap();
+    let out = b.read(encoder, &[&totals, &qg, &bg]);
+    let ids = BankIds {
+        queries: &qi,
+        bank: &bi,
+    };
+    let sliced = gpu
+        .contrastive_against_bank(&q, &ql, &bank, &bl, Some(ids), d, &loss, Gradients::Both)
+        .unwrap();
+    assert_eq!(out[0][0], sliced.loss.to_bits());
+    assert_eq!(Some(floats(&out[1])), sliced.gradient);
+    assert_eq!(Some(floats(&out[2])), sliced.second_gradient);
+
+    // Explicit pairs.
+    let pairs = 30;
+    let (x1, x2, y) = (rows(pairs, d, 33), rows(pairs, d, 34), labels(pairs, 2, 33));
+    let (x1_buf, x2_buf, y_buf) = (b.input(&x1), b.input(&x2), b.input(&y));
+    let (g1, g2, values, totals) = (
+        b.output((pairs * d * 4) as u64),
+        b.output((pairs * d * 4) as u64),
+        b.output((pairs * 16) as u64),
+        b.output(LossTotals::SIZE),
+    );
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_contrastive_pairs(
+        &mut encoder,
+        contrastive_wgpu::PairBuffers {
+            x1: &x1_buf,
+            x2: &x2_buf,
+            labels: &y_buf,
+            gradient_x1: Some(&g1),
+            gradient_x2: Some(&g2),
+            pair_values: Some(&values),
+            totals: &totals,
+        },
+        pairs,
+        d,
+        &loss,
+    )
+    .unwrap();
+    let out = b.read(encoder, &[&totals, &g1, &g2, &values]);
+    let sliced = gpu
+        .contrastive_pairs(&x1, &x2, &y, d, &loss, Gradients::Both)
+        .unwrap();
+    assert_eq!(out[0][0], sliced.loss.to_bits());
+    assert_eq!(Some(floats(&out[1])), sliced.gradient);
+    assert_eq!(Some(floats(&out[2])), sliced.second_gradient);
+    let per_pair: Vec<f32> = floats(&out[3]).chunks(4).map(|v| v[0]).collect();
+    assert_eq!(Some(per_pair), sliced.per_pair);
+
+    // An index list already on the device (as a miner leaves it).
+    let x = rows(n, d, 35);
+    let list: Vec<IndexPair> = (0..40u32)
+        .map(|p| IndexPair {
+            first: p % 5,
+            second: (p * 7) % n as u32,
+            label: p % 2,
+        })
+        .collect();
+    let (x_buf, list_buf) = (b.input(&x), b.input(&IndexPair::to_device(&list)));
+    let (g, totals) = (b.output((n * d * 4) as u64), b.output(LossTotals::SIZE));
+    let mut encoder = gpu.device().create_command_encoder(&Default::default());
+    gpu.record_contrastive_index_pairs(
+        &mut encoder,
+        contrastive_wgpu::IndexPairBuffers {
+            x: &x_buf,
+            pairs: &list_buf,
+            gradient: Some(&g),
+            pair_values: None,
+            totals: &totals,
+        },
+        (n, list.len(), d),
+        &loss,
+    )
+    .unwrap();
+    let out = b.read(encoder, &[&totals, &g]);
+    let sliced = gpu
+        .contrastive_index_pairs(&x, n, &list, d, &loss, Gradients::First)
+        .unwrap();
+    assert_eq!(out[0][0], sliced.loss.to_bits());
+    assert_eq!(Some(floats(&out[1])), sliced.gradient);
+}
