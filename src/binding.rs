@@ -4,6 +4,14 @@ use wgpu::util::DeviceExt;
 
 use crate::error::{Error, Result};
 
+/// The most work one dispatch may carry, in pair x vec4 steps. Larger work
+/// is split into several dispatches: a dispatch that runs for seconds trips
+/// GPU watchdogs (Windows resets the device after about 2 s), and lavapipe
+/// was measured returning wrong results for one all-pairs dispatch of 1.6e9
+/// pairs (about a minute), while the same work split in 8192-row dispatches
+/// was right.
+pub(crate) const MAX_DISPATCH_WORK: u64 = 1 << 30;
+
 /// Bytes per `f32` or `u32` value.
 pub(crate) const BYTES_PER_VALUE: u64 = 4;
 /// Bytes per `vec4`.

@@ -331,6 +331,17 @@ impl GpuContext {
         result
     }
 
+    /// Waits until the device has finished all submitted work.
+    pub(crate) fn wait_idle(&self) -> Result<()> {
+        self.device()
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map(|_| ())
+            .map_err(|e| Error::Device {
+                during: "waiting for the device",
+                message: e.to_string(),
+            })
+    }
+
     /// Maps `staging` (a `MAP_READ` buffer whose copy has been submitted),
     /// waits for the device, and returns its first `bytes` bytes as values.
     pub(crate) fn read_back<T: bytemuck::Pod>(

@@ -30,7 +30,7 @@ use std::sync::Mutex;
 
 use crate::binding::{
     bind_group, bind_group_layout, bytes_of, check_buffer, dispatch, sized_binding, to_u32,
-    uniform_buffer, AlignedRange, BYTES_PER_VALUE, READ, READ_WRITE, UNIFORM,
+    uniform_buffer, AlignedRange, BYTES_PER_VALUE, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
 };
 use crate::context::{ChunkLimits, GpuContext, PipelineSpec};
 use crate::error::{Error, Result};
@@ -424,7 +424,12 @@ impl BlockPlan {
             OutputLayout::Full => (output_values - col_chunk) / shape.m as u64 + 1,
             OutputLayout::Compact => values_per_binding / col_chunk,
         };
-        let row_chunk = (shape.n as u64).min(rows_per_binding).min(output_rows);
+        // Within the work budget of one dispatch.
+        let budget_rows = (MAX_DISPATCH_WORK / (col_chunk * vec_dim as u64)).max(1);
+        let row_chunk = (shape.n as u64)
+            .min(rows_per_binding)
+            .min(output_rows)
+            .min(budget_rows);
         // Both are at least 1 and at most n or m, so they fit in usize.
         let row_chunk = row_chunk.max(1) as usize;
         let col_chunk = col_chunk.max(1) as usize;

@@ -49,7 +49,8 @@ use std::sync::Mutex;
 
 use crate::binding::{
     bind_group, bind_group_layout, bytes_of, dispatch, for_each_dispatch, offset_binding,
-    sized_binding, to_u32, uniform_buffer, AlignedRange, READ, READ_WRITE, UNIFORM,
+    sized_binding, to_u32, uniform_buffer, AlignedRange, MAX_DISPATCH_WORK, READ, READ_WRITE,
+    UNIFORM,
 };
 use crate::context::{GpuContext, PipelineSpec};
 use crate::distance::Distance;
@@ -340,6 +341,8 @@ const BLOCK_ROWS: usize = 32;
 const CHUNK_VECS: usize = 32;
 /// Invocations per workgroup of the per-pair and per-row kernels.
 const THREADS: usize = 64;
+/// Most rows of Y one `all_pairs` workgroup loops over in one dispatch.
+const MAX_COLUMNS_PER_DISPATCH: u64 = 16_384;
 /// Bytes of one `Partial` in shaders/loss.wgsl.
 const PARTIAL_BYTES: u64 = 32;
 
@@ -681,8 +684,15 @@ impl AllPairsPlan {
             .min(source_rows)
             .min((max_groups * BLOCK_ROWS) as u64);
         let row_chunk = (row_chunk as usize / BLOCK_ROWS) * BLOCK_ROWS;
-        let col_chunk =
-            ((binding / prepared_bytes(1, vec_dim)).min(source_rows) as usize / 16) * 16;
+        // Columns per dispatch are capped too: every workgroup loops over all
+        // of them, and lavapipe was measured losing results of workgroups
+        // that looped over 40000 columns (gradient on) while 8192 at a time
+        // was right.
+        let col_chunk = ((binding / prepared_bytes(1, vec_dim))
+            .min(source_rows)
+            .min(MAX_COLUMNS_PER_DISPATCH) as usize
+            / 16)
+            * 16;
         if row_chunk == 0 || col_chunk == 0 {
             return Err(Error::TooLarge {
                 what: format!("32 rows of D = {d} values with their gradient"),
@@ -918,6 +928,12 @@ impl LossKernels {
     }
 }
 
+/// Called between long dispatches. The slice API submits what is recorded
+/// so far and waits, so no single submission runs for long (lavapipe was
+/// measured returning wrong results from submissions of about a minute); the
+/// record API passes `None` and leaves submission to the caller.
+type Flush<'a> = Option<&'a dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>>;
+
 /// All-pairs work as the kernels see it.
 struct AllPairsJob<'a> {
     x: DeviceSet<'a>,
@@ -930,6 +946,7 @@ struct AllPairsJob<'a> {
     x_gradient: Option<&'a wgpu::Buffer>,
     y_gradient: Option<&'a wgpu::Buffer>,
     totals: &'a wgpu::Buffer,
+    flush: Flush<'a>,
 }
 
 /// Pair-list work as the kernels see it.
@@ -1003,6 +1020,7 @@ impl LossKernels {
         grad_parts: Option<&wgpu::Buffer>,
         (partials, want_loss): (&wgpu::Buffer, bool),
         loss: &ContrastiveLoss,
+        flush: Flush<'_>,
     ) -> Result<()> {
         let device = ctx.device();
         let vec_dim = plan.vec_dim;
@@ -1013,7 +1031,16 @@ impl LossKernels {
         } else {
             1
         };
-        for (x0, rows) in chunks(x.count, plan.row_chunk) {
+        // Rows of X per dispatch: a multiple of the block, within the work
+        // budget of one dispatch.
+        let cols_per_dispatch = y.count.min(plan.col_chunk) as u64;
+        let work_per_row =
+            cols_per_dispatch * (vec_dim + CHUNK_VECS) as u64 * gradient_groups as u64;
+        let budget_rows = (MAX_DISPATCH_WORK / work_per_row.max(1)) as usize;
+        let rows_per_dispatch = plan
+            .row_chunk
+            .min((budget_rows / BLOCK_ROWS).max(1) * BLOCK_ROWS);
+        for (x0, rows) in chunks(x.count, rows_per_dispatch) {
             for (index, (y0, cols)) in chunks(y.count, plan.col_chunk).enumerate() {
                 let params = AllPairsParams {
                     rows: to_u32(rows, "rows")?,
@@ -1066,6 +1093,9 @@ impl LossKernels {
                     to_u32(gradient_groups, "workgroups")?,
                 );
                 dispatch(encoder, "loss.all_pairs", pipeline, &group, groups);
+                if let Some(flush) = flush {
+                    flush(encoder)?;
+                }
             }
         }
         Ok(())
@@ -1237,6 +1267,7 @@ impl LossKernels {
             x_parts.as_ref(),
             (&partials, true),
             loss,
+            job.flush,
         )?;
         let y_parts = match job.y_gradient {
             Some(_) => {
@@ -1253,6 +1284,7 @@ impl LossKernels {
                     Some(&parts),
                     (&partials, false),
                     loss,
+                    job.flush,
                 )?;
                 Some(parts)
             }
@@ -1609,7 +1641,7 @@ impl GpuContext {
             set_values("N (rows of the batch)", n, d)?,
             x.len(),
         )?;
-        self.run_loss(|kernels, ws, encoder, uploads| {
+        self.run_loss(|kernels, ws, encoder, uploads, flush| {
             let x = uploads.upload(self, 0, x)?;
             let labels = uploads.upload(self, 1, labels)?;
             let totals = ws.outputs[0].ensure(
@@ -1641,6 +1673,7 @@ impl GpuContext {
                 x_gradient: gradient.as_ref(),
                 y_gradient: None,
                 totals: &totals,
+                flush: Some(flush),
             };
             kernels.record_all_pairs(self, encoder, ws, job)?;
             Ok((
@@ -1681,7 +1714,7 @@ impl GpuContext {
             crate::distance::check_len("query ids", n, ids.queries.len())?;
             crate::distance::check_len("bank ids", m, ids.bank.len())?;
         }
-        self.run_loss(|kernels, ws, encoder, uploads| {
+        self.run_loss(|kernels, ws, encoder, uploads, flush| {
             let device = self.device();
             let q = uploads.upload(self, 0, queries)?;
             let q_labels = uploads.upload(self, 1, query_labels)?;
@@ -1738,6 +1771,7 @@ impl GpuContext {
                 x_gradient: gradient.as_ref(),
                 y_gradient: bank_gradient.as_ref(),
                 totals: &totals,
+                flush: Some(flush),
             };
             kernels.record_all_pairs(self, encoder, ws, job)?;
             Ok((
@@ -1769,7 +1803,7 @@ impl GpuContext {
         crate::distance::check_len("X1", values, x1.len())?;
         crate::distance::check_len("X2", values, x2.len())?;
         check_pair_labels("y", y.iter().copied())?;
-        self.run_loss(|kernels, ws, encoder, uploads| {
+        self.run_loss(|kernels, ws, encoder, uploads, _flush| {
             let device = self.device();
             let first = uploads.upload(self, 0, x1)?;
             let labels = uploads.upload(self, 1, y)?;
@@ -1861,7 +1895,7 @@ impl GpuContext {
         check_index_pairs(pairs, n)?;
         let count = pairs.len();
         let device_pairs = IndexPair::to_device(pairs);
-        self.run_loss(|kernels, ws, encoder, uploads| {
+        self.run_loss(|kernels, ws, encoder, uploads, _flush| {
             let device = self.device();
             let rows = uploads.upload(self, 0, x)?;
             let list = uploads.upload(self, 1, &device_pairs)?;
@@ -1947,6 +1981,7 @@ impl GpuContext {
             x_gradient: buffers.gradient,
             y_gradient: None,
             totals: buffers.totals,
+            flush: None,
         };
         kernels.record_all_pairs(self, encoder, &mut ws, job)
     }
@@ -1994,6 +2029,7 @@ impl GpuContext {
             x_gradient: buffers.query_gradient,
             y_gradient: buffers.bank_gradient,
             totals: buffers.totals,
+            flush: None,
         };
         kernels.record_all_pairs(self, encoder, &mut ws, job)
     }
@@ -2103,6 +2139,7 @@ impl GpuContext {
             &mut LossWorkspace,
             &mut wgpu::CommandEncoder,
             &mut Uploads,
+            &dyn Fn(&mut wgpu::CommandEncoder) -> Result<()>,
         ) -> Result<(wgpu::Buffer, ReadbackOwned)>,
     ) -> Result<LossResult> {
         let kernels = self.loss_kernels()?;
@@ -2114,7 +2151,13 @@ impl GpuContext {
             let mut uploads = Uploads {
                 buffers: std::mem::replace(&mut ws.uploads, LossWorkspace::new().uploads),
             };
-            let recorded = record(kernels, ws, &mut encoder, &mut uploads);
+            let flush = |encoder: &mut wgpu::CommandEncoder| -> Result<()> {
+                let recorded =
+                    std::mem::replace(encoder, device.create_command_encoder(&Default::default()));
+                self.queue().submit([recorded.finish()]);
+                self.wait_idle()
+            };
+            let recorded = record(kernels, ws, &mut encoder, &mut uploads, &flush);
             ws.uploads = uploads.buffers;
             let (totals, readback) = recorded?;
             let pieces: Vec<(&wgpu::Buffer, u64)> = std::iter::once((&totals, LossTotals::SIZE))
