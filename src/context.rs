@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use crate::distance::DistanceKernels;
 use crate::error::{Error, Result};
 use crate::loss::LossKernels;
+use crate::mining::MiningKernels;
 use crate::rows::RowKernels;
 
 /// What the crate knows about the adapter it runs on; print it next to any
@@ -92,6 +93,7 @@ struct ContextInner {
     rows: OnceLock<RowKernels>,
     distance: OnceLock<DistanceKernels>,
     loss: OnceLock<LossKernels>,
+    mining: OnceLock<MiningKernels>,
 }
 
 /// A wgpu device and queue with the crate's kernels.
@@ -233,6 +235,7 @@ impl GpuContext {
                 rows: OnceLock::new(),
                 distance: OnceLock::new(),
                 loss: OnceLock::new(),
+                mining: OnceLock::new(),
             }),
         }
     }
@@ -263,6 +266,10 @@ impl GpuContext {
 
     pub(crate) fn loss_kernels(&self) -> Result<&LossKernels> {
         cached(&self.inner.loss, || LossKernels::new(self))
+    }
+
+    pub(crate) fn mining_kernels(&self) -> Result<&MiningKernels> {
+        cached(&self.inner.mining, || MiningKernels::new(self))
     }
 
     pub(crate) fn distance_kernels(&self) -> Result<&DistanceKernels> {

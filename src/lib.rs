@@ -60,6 +60,7 @@ pub mod context;
 pub mod distance;
 pub mod error;
 pub mod loss;
+pub mod mining;
 pub mod reference;
 mod rows;
 pub mod synthetic;

@@ -6,6 +6,9 @@ use rayon::prelude::*;
 
 use super::rows::prepare_rows;
 
+/// `f32::EPSILON` in `f64`.
+const EPS32: f64 = f32::EPSILON as f64;
+
 use crate::distance::{Distance, DistanceOptions, PairwiseShape};
 use crate::error::Result;
 
@@ -36,7 +39,13 @@ pub(crate) fn pair(
                     (value, value + if normalized { 1.0 } else { 0.0 })
                 }
                 Distance::SquaredEuclidean => {
-                    let extra = if normalized { squared.sqrt() } else { 0.0 };
+                    // On normalised rows the rounding of u and v leaves
+                    // |u - v| off by a few eps, whose square is a floor.
+                    let extra = if normalized {
+                        squared.sqrt() + EPS32
+                    } else {
+                        0.0
+                    };
                     (squared, squared + extra)
                 }
                 _ => {
@@ -46,7 +55,7 @@ pub(crate) fn pair(
                         (1.0, 0.0)
                     } else {
                         let value = (0.5 * squared).min(2.0);
-                        (value, value + value.sqrt())
+                        (value, value + value.sqrt() + EPS32)
                     }
                 }
             }
@@ -94,8 +103,8 @@ pub fn pairwise_distances<T: Copy + Into<f64> + Sync>(
 /// | distance | magnitude |
 /// |---|---|
 /// | Euclidean | `d` (`d + 1` on normalised rows) |
-/// | SquaredEuclidean | `d` (`d + √d` on normalised rows) |
-/// | Cosine | `c + √c` (0 where a norm is 0: the result is exactly 1) |
+/// | SquaredEuclidean | `d` (`d + √d + ε₃₂` on normalised rows) |
+/// | Cosine | `c + √c + ε₃₂` (0 where a norm is 0: the result is exactly 1) |
 /// | Dot | `Σ_k |x_k y_k|` |
 ///
 /// Differences are accumulated directly, so Euclidean errors are relative

@@ -19,6 +19,7 @@
 
 pub mod distance;
 pub mod loss;
+pub mod mining;
 pub mod rows;
 
 /// The tolerance rule shared by every GPU-against-CPU comparison: the

@@ -1,0 +1,491 @@
+// Hard-negative mining, fused with the distance computation: no N x M
+// distance matrix is stored.
+//
+// All entry points read rows prepared by shaders/rows.wgsl (padded to a
+// multiple of 4, normalised where asked, metadata (norm bits, label, id, 0)).
+// Candidates are compared by a key: the distance, or minus the similarity
+// for Dot, mapped to a u32 that sorts like the float; ties go to the smaller
+// index, so every result is deterministic.
+//
+// - batch_hard: per anchor, the farthest positive and the nearest negative,
+//   64 x 64 distance tiles at a time, reduced across the workgroup.
+// - topk_init, topk_filter, topk_merge, topk_finish: per query, the k
+//   nearest negatives. For each chunk of the bank, topk_filter appends every
+//   negative that beats the query's current k-th best to the query's
+//   candidate list; topk_merge sorts those candidates (bitonic) and merges
+//   them with the current best k into the next best k.
+//
+// The CPU mirror is src/reference/mining.rs; the host side is src/mining.rs.
+
+const KIND_EUCLIDEAN: u32 = 0u;
+const KIND_SQUARED_EUCLIDEAN: u32 = 1u;
+const KIND_COSINE: u32 = 2u;
+const KIND_DOT: u32 = 3u;
+
+override DISTANCE_KIND: u32 = KIND_EUCLIDEAN;
+
+const NONE: u32 = 0xffffffffu;
+const F32_MAX: f32 = 3.40282347e38;
+const UNDERFLOW_RISK: f32 = 7.8886091e-31; // 2^-100
+const TILE: u32 = 64u;
+const K_VECS: u32 = 4u;
+
+// A float's bits mapped so that unsigned order is float order.
+fn orderable(value: f32) -> u32 {
+    let bits = bitcast<u32>(value);
+    return select(bits | 0x80000000u, ~bits, (bits & 0x80000000u) != 0u);
+}
+
+fn from_orderable(key: u32) -> f32 {
+    return bitcast<f32>(select(~key, key & 0x7fffffffu, (key & 0x80000000u) != 0u));
+}
+
+// The key of a distance or similarity: smaller is closer.
+fn closeness_key(value: f32) -> u32 {
+    return orderable(select(value, -value, DISTANCE_KIND == KIND_DOT));
+}
+
+fn value_of_key(key: u32) -> f32 {
+    let v = from_orderable(key);
+    return select(v, -v, DISTANCE_KIND == KIND_DOT);
+}
+
+// (key, index) pairs in lexicographic order.
+fn pair_less(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.x < b.x || (a.x == b.x && a.y < b.y);
+}
+
+struct TileParams {
+    // Rows of X and of Y in this dispatch.
+    rows: u32,
+    cols: u32,
+    vec_dim: u32,
+    // Global index of the first row of X and of Y.
+    x_first: u32,
+    y_first: u32,
+    // 1: skip pairs of equal global index (X is Y); 1: skip equal ids.
+    skip_same_index: u32,
+    skip_same_id: u32,
+    // batch_hard: 1 to merge with the results already in the output (a later
+    // chunk of Y). topk_filter: candidates each query's list can hold.
+    extra: u32,
+}
+
+@group(0) @binding(0) var<uniform> tp: TileParams;
+@group(0) @binding(1) var<storage, read> rows_x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> rows_y: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> meta_x: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> meta_y: array<vec4<u32>>;
+
+var<workgroup> tile_x: array<vec4<f32>, 256>;
+var<workgroup> tile_y: array<vec4<f32>, 256>;
+
+fn load_x(row: u32, v: u32) -> vec4<f32> {
+    if (row < tp.rows && v < tp.vec_dim) {
+        return rows_x[row * tp.vec_dim + v];
+    }
+    return vec4<f32>(0.0);
+}
+
+fn load_y(row: u32, v: u32) -> vec4<f32> {
+    if (row < tp.cols && v < tp.vec_dim) {
+        return rows_y[row * tp.vec_dim + v];
+    }
+    return vec4<f32>(0.0);
+}
+
+fn accumulate(acc: f32, a: vec4<f32>, b: vec4<f32>) -> f32 {
+    if (DISTANCE_KIND == KIND_DOT) {
+        return acc + dot(a, b);
+    }
+    let diff = a - b;
+    return acc + dot(diff, diff);
+}
+
+fn scaled_euclidean(row: u32, col: u32) -> f32 {
+    let vec_dim = tp.vec_dim;
+    var largest = vec4<f32>(0.0);
+    for (var v = 0u; v < vec_dim; v = v + 1u) {
+        largest = max(largest, abs(rows_x[row * vec_dim + v] - rows_y[col * vec_dim + v]));
+    }
+    let m = max(max(largest.x, largest.y), max(largest.z, largest.w));
+    if (m == 0.0 || m > F32_MAX) {
+        return m;
+    }
+    var sum = 0.0;
+    for (var v = 0u; v < vec_dim; v = v + 1u) {
+        let scaled = (rows_x[row * vec_dim + v] - rows_y[col * vec_dim + v]) / m;
+        sum = sum + dot(scaled, scaled);
+    }
+    return m * sqrt(sum);
+}
+
+// The distance (or similarity) of rows `row` and `col` from the sum `acc`;
+// the same formulas as shaders/distance.wgsl.
+fn finish(acc: f32, row: u32, col: u32) -> f32 {
+    switch DISTANCE_KIND {
+        case KIND_EUCLIDEAN: {
+            if (acc >= UNDERFLOW_RISK && acc <= F32_MAX) {
+                return sqrt(acc);
+            }
+            return scaled_euclidean(row, col);
+        }
+        case KIND_COSINE: {
+            if (bitcast<f32>(meta_x[row].x) == 0.0 || bitcast<f32>(meta_y[col].x) == 0.0) {
+                return 1.0;
+            }
+            return min(0.5 * acc, 2.0);
+        }
+        default: {
+            return acc;
+        }
+    }
+}
+
+fn considered(i: u32, j: u32) -> bool {
+    if (i >= tp.rows || j >= tp.cols) {
+        return false;
+    }
+    if (tp.skip_same_index != 0u && tp.x_first + i == tp.y_first + j) {
+        return false;
+    }
+    if (tp.skip_same_id != 0u && meta_x[i].z == meta_y[j].z) {
+        return false;
+    }
+    return true;
+}
+
+// The 4 x 4 sums of one invocation's outputs of the 64 x 64 tile at
+// (row0, col0): rows lid.y + 16a, columns lid.x + 16b. Every invocation of
+// the workgroup must call it (it synchronises).
+fn tile_sums(row0: u32, col0: u32, lid: vec3<u32>) -> array<vec4<f32>, 4> {
+    let flat = lid.y * 16u + lid.x;
+    var acc: array<vec4<f32>, 4>;
+    for (var k = 0u; k < tp.vec_dim; k = k + K_VECS) {
+        tile_x[flat] = load_x(row0 + flat / K_VECS, k + flat % K_VECS);
+        tile_y[flat] = load_y(col0 + flat / K_VECS, k + flat % K_VECS);
+        workgroupBarrier();
+        for (var kk = 0u; kk < K_VECS; kk = kk + 1u) {
+            var ys: array<vec4<f32>, 4>;
+            for (var b = 0u; b < 4u; b = b + 1u) {
+                ys[b] = tile_y[(lid.x + 16u * b) * K_VECS + kk];
+            }
+            for (var a = 0u; a < 4u; a = a + 1u) {
+                let xa = tile_x[(lid.y + 16u * a) * K_VECS + kk];
+                acc[a] = vec4<f32>(
+                    accumulate(acc[a].x, xa, ys[0]),
+                    accumulate(acc[a].y, xa, ys[1]),
+                    accumulate(acc[a].z, xa, ys[2]),
+                    accumulate(acc[a].w, xa, ys[3]),
+                );
+            }
+        }
+        workgroupBarrier();
+    }
+    return acc;
+}
+
+// ---------------------------------------------------------------------------
+// batch_hard
+// ---------------------------------------------------------------------------
+
+// Per anchor: (positive index, bits of its distance, negative index, bits of
+// its distance): the layout of HardestPair in src/mining.rs.
+@group(0) @binding(5) var<storage, read_write> hardest: array<vec4<u32>>;
+
+var<workgroup> best_scratch: array<vec2<u32>, 1024>; // 64 rows x 16
+
+// Whether candidate `a` is a better farthest positive than `b`.
+fn farther(a: vec2<u32>, b: vec2<u32>) -> bool {
+    if (a.y == NONE) {
+        return false;
+    }
+    return b.y == NONE || a.x > b.x || (a.x == b.x && a.y < b.y);
+}
+
+// Whether candidate `a` is a better nearest negative than `b`.
+fn nearer(a: vec2<u32>, b: vec2<u32>) -> bool {
+    if (a.y == NONE) {
+        return false;
+    }
+    return b.y == NONE || a.x < b.x || (a.x == b.x && a.y < b.y);
+}
+
+// Reduces one candidate per invocation to the best per row (lid.y + 16a
+// for the row's 16 invocations), in a fixed order.
+fn reduce_row(lid: vec3<u32>, candidates: array<vec2<u32>, 4>, positive: bool) -> array<vec2<u32>, 4> {
+    for (var a = 0u; a < 4u; a = a + 1u) {
+        best_scratch[(lid.y + 16u * a) * 16u + lid.x] = candidates[a];
+    }
+    workgroupBarrier();
+    for (var stride = 8u; stride > 0u; stride = stride / 2u) {
+        if (lid.x < stride) {
+            for (var a = 0u; a < 4u; a = a + 1u) {
+                let slot = (lid.y + 16u * a) * 16u + lid.x;
+                let other = best_scratch[slot + stride];
+                let mine = best_scratch[slot];
+                let take = select(nearer(other, mine), farther(other, mine), positive);
+                if (take) {
+                    best_scratch[slot] = other;
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    var best: array<vec2<u32>, 4>;
+    for (var a = 0u; a < 4u; a = a + 1u) {
+        best[a] = best_scratch[(lid.y + 16u * a) * 16u];
+    }
+    workgroupBarrier();
+    return best;
+}
+
+@compute @workgroup_size(16, 16)
+fn batch_hard(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let row0 = wid.x * TILE;
+    var positives: array<vec2<u32>, 4>;
+    var negatives: array<vec2<u32>, 4>;
+    for (var a = 0u; a < 4u; a = a + 1u) {
+        positives[a] = vec2<u32>(0u, NONE);
+        negatives[a] = vec2<u32>(0u, NONE);
+    }
+    for (var col0 = 0u; col0 < tp.cols; col0 = col0 + TILE) {
+        let acc = tile_sums(row0, col0, lid);
+        for (var a = 0u; a < 4u; a = a + 1u) {
+            let i = row0 + lid.y + 16u * a;
+            for (var b = 0u; b < 4u; b = b + 1u) {
+                let j = col0 + lid.x + 16u * b;
+                if (considered(i, j)) {
+                    let candidate = vec2<u32>(closeness_key(finish(acc[a][b], i, j)), tp.y_first + j);
+                    if (meta_x[i].y == meta_y[j].y) {
+                        if (farther(candidate, positives[a])) {
+                            positives[a] = candidate;
+                        }
+                    } else if (nearer(candidate, negatives[a])) {
+                        negatives[a] = candidate;
+                    }
+                }
+            }
+        }
+    }
+    let best_positive = reduce_row(lid, positives, true);
+    let best_negative = reduce_row(lid, negatives, false);
+    if (lid.x == 0u) {
+        for (var a = 0u; a < 4u; a = a + 1u) {
+            let i = row0 + lid.y + 16u * a;
+            if (i < tp.rows) {
+                var positive = best_positive[a];
+                var negative = best_negative[a];
+                if (tp.extra != 0u) {
+                    // Merge with the earlier chunks of Y (their indices are
+                    // smaller, so ties keep them).
+                    let old = hardest[i];
+                    let old_positive = vec2<u32>(closeness_key(bitcast<f32>(old.y)), old.x);
+                    let old_negative = vec2<u32>(closeness_key(bitcast<f32>(old.w)), old.z);
+                    if (!farther(positive, old_positive)) {
+                        positive = old_positive;
+                    }
+                    if (!nearer(negative, old_negative)) {
+                        negative = old_negative;
+                    }
+                }
+                let inf = 0x7f800000u; // +inf
+                let positive_value = select(bitcast<u32>(value_of_key(positive.x)), inf, positive.y == NONE);
+                let negative_value = select(bitcast<u32>(value_of_key(negative.x)), inf, negative.y == NONE);
+                hardest[i] = vec4<u32>(positive.y, positive_value, negative.y, negative_value);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// top-k negatives
+// ---------------------------------------------------------------------------
+
+// Per query: the current k-th best (key, index); (NONE, NONE) until k are
+// known.
+@group(0) @binding(5) var<storage, read> thresholds: array<vec2<u32>>;
+// Per query: candidates appended so far for this chunk of the bank.
+@group(0) @binding(6) var<storage, read_write> candidate_counts: array<atomic<u32>>;
+// Per query, `tp.extra` slots of (key, global bank index).
+@group(0) @binding(7) var<storage, read_write> candidates: array<vec2<u32>>;
+
+// One 64 x 64 tile of queries x bank rows: every negative that beats the
+// query's current k-th best joins its candidates. A chunk holds at most
+// `capacity` bank rows, so the list cannot overflow; the order of appends is
+// arbitrary, but topk_merge sorts them by (key, index).
+@compute @workgroup_size(16, 16)
+fn topk_filter(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let acc = tile_sums(row0, col0, lid);
+    for (var a = 0u; a < 4u; a = a + 1u) {
+        let i = row0 + lid.y + 16u * a;
+        for (var b = 0u; b < 4u; b = b + 1u) {
+            let j = col0 + lid.x + 16u * b;
+            if (considered(i, j) && meta_x[i].y != meta_y[j].y) {
+                let candidate = vec2<u32>(closeness_key(finish(acc[a][b], i, j)), tp.y_first + j);
+                if (pair_less(candidate, thresholds[i])) {
+                    let slot = atomicAdd(&candidate_counts[i], 1u);
+                    if (slot < tp.extra) {
+                        candidates[i * tp.extra + slot] = candidate;
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct ListParams {
+    // Queries in this block.
+    rows: u32,
+    k: u32,
+    // Candidate slots per query (a power of two).
+    capacity: u32,
+    grid_width: u32,
+    // First query of this dispatch.
+    row_base: u32,
+    // topk_finish: index (in Neighbors) of the block's first output within
+    // the bound output range; 1 if the distance is a similarity.
+    out_offset: u32,
+    similarity: u32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> lp: ListParams;
+@group(0) @binding(1) var<storage, read_write> merge_counts: array<atomic<u32>>;
+@group(0) @binding(2) var<storage, read_write> merge_candidates: array<vec2<u32>>;
+// The best k of each query so far, sorted; merged into list_out.
+@group(0) @binding(3) var<storage, read> list_in: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read_write> list_out: array<vec2<u32>>;
+@group(0) @binding(5) var<storage, read_write> merge_thresholds: array<vec2<u32>>;
+
+var<workgroup> merge_count: u32;
+
+// One workgroup per query: sort the chunk's candidates (bitonic, in place)
+// and merge them with the best k so far.
+@compute @workgroup_size(256)
+fn topk_merge(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let q = lp.row_base + wid.x + wid.y * lp.grid_width;
+    if (q >= lp.rows) {
+        return;
+    }
+    if (local == 0u) {
+        merge_count = min(atomicLoad(&merge_counts[q]), lp.capacity);
+    }
+    let count = workgroupUniformLoad(&merge_count);
+    let base = q * lp.capacity;
+    var size = 1u;
+    while (size < count) {
+        size = size * 2u;
+    }
+    for (var t = count + local; t < size; t = t + 256u) {
+        merge_candidates[base + t] = vec2<u32>(NONE, NONE);
+    }
+    storageBarrier();
+    for (var block = 2u; block <= size; block = block * 2u) {
+        for (var stride = block / 2u; stride > 0u; stride = stride / 2u) {
+            for (var t = local; t < size / 2u; t = t + 256u) {
+                let i = 2u * stride * (t / stride) + t % stride;
+                let j = i + stride;
+                let ascending = (i & block) == 0u;
+                let a = merge_candidates[base + i];
+                let b = merge_candidates[base + j];
+                if (pair_less(b, a) == ascending) {
+                    merge_candidates[base + i] = b;
+                    merge_candidates[base + j] = a;
+                }
+            }
+            storageBarrier();
+        }
+    }
+    // Merge path: output t takes i from the old list and t - i from the
+    // candidates, i the smallest with candidates[t - i - 1] < old[i].
+    let k = lp.k;
+    let old = q * k;
+    for (var t = local; t < k; t = t + 256u) {
+        var lo = select(0u, t - count, t > count);
+        var hi = min(t, k);
+        while (lo < hi) {
+            let mid = (lo + hi) / 2u;
+            let j = t - mid;
+            if (j > 0u && mid < k && pair_less(list_in[old + mid], merge_candidates[base + j - 1u])) {
+                lo = mid + 1u;
+            } else {
+                hi = mid;
+            }
+        }
+        let i = lo;
+        let j = t - i;
+        var next: vec2<u32>;
+        if (i < k && (j >= count || pair_less(list_in[old + i], merge_candidates[base + j]))) {
+            next = list_in[old + i];
+        } else {
+            next = merge_candidates[base + j];
+        }
+        list_out[old + t] = next;
+    }
+    storageBarrier();
+    if (local == 0u) {
+        merge_thresholds[q] = list_out[old + k - 1u];
+        atomicStore(&merge_counts[q], 0u);
+    }
+}
+
+@group(0) @binding(1) var<storage, read_write> init_counts: array<atomic<u32>>;
+@group(0) @binding(2) var<storage, read_write> init_list: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read_write> init_thresholds: array<vec2<u32>>;
+
+// Per query of the block: an empty best-k list and threshold.
+@compute @workgroup_size(64)
+fn topk_init(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let q = lp.row_base + wid.x + wid.y * lp.grid_width;
+    if (q >= lp.rows) {
+        return;
+    }
+    for (var t = local; t < lp.k; t = t + 64u) {
+        init_list[q * lp.k + t] = vec2<u32>(NONE, NONE);
+    }
+    if (local == 0u) {
+        init_thresholds[q] = vec2<u32>(NONE, NONE);
+        atomicStore(&init_counts[q], 0u);
+    }
+}
+
+@group(0) @binding(1) var<storage, read> finish_list: array<vec2<u32>>;
+@group(0) @binding(2) var<storage, read_write> neighbors: array<vec2<u32>>;
+
+// Per query: the best k as (index, bits of the distance), padded with
+// (NONE, +inf), or -inf for a similarity.
+@compute @workgroup_size(64)
+fn topk_finish(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let q = lp.row_base + wid.x + wid.y * lp.grid_width;
+    if (q >= lp.rows) {
+        return;
+    }
+    let padding = select(0x7f800000u, 0xff800000u, lp.similarity != 0u);
+    for (var t = local; t < lp.k; t = t + 64u) {
+        let entry = finish_list[q * lp.k + t];
+        var out = vec2<u32>(NONE, padding);
+        if (entry.y != NONE) {
+            let key_value = from_orderable(entry.x);
+            out = vec2<u32>(entry.y, bitcast<u32>(select(key_value, -key_value, lp.similarity != 0u)));
+        }
+        neighbors[lp.out_offset + q * lp.k + t] = out;
+    }
+}

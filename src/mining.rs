@@ -1,0 +1,810 @@
+//! Hard-negative mining on the GPU, fused with the distance computation so
+//! that no N x M distance matrix is ever stored.
+//!
+//! - Batch-hard ([`GpuContext::batch_hard`], [`GpuContext::batch_hard_against_bank`]):
+//!   per anchor, the farthest positive (same label, not itself) and the
+//!   nearest negative (another label), with their distances.
+//! - Top-k negatives ([`GpuContext::top_k_negatives`]): per query, the `k`
+//!   nearest bank rows of another label (optionally not sharing the
+//!   query's id), closest first. The bank is streamed in chunks and each
+//!   query's best `k` are merged chunk by chunk, so the bank may be far
+//!   larger than one storage binding and `k` is limited only by memory.
+//!
+//! "Nearest" is the smallest distance, or the largest similarity for
+//! [`Distance::Dot`](crate::Distance::Dot). Ties go to the smaller index,
+//! so results are deterministic. Where nothing qualifies the index is
+//! [`NO_INDEX`].
+//!
+//! The kernels are `shaders/mining.wgsl`; their CPU mirrors are
+//! [`crate::reference::mining`].
+
+/// The index reported where no row qualifies (`u32::MAX`).
+pub const NO_INDEX: u32 = u32::MAX;
+
+/// The hardest positive and negative of one anchor.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct HardestPair {
+    /// The farthest row of the anchor's label ([`NO_INDEX`] if none).
+    pub positive: u32,
+    /// Its distance (`+inf` if none).
+    pub positive_distance: f32,
+    /// The nearest row of another label ([`NO_INDEX`] if none).
+    pub negative: u32,
+    /// Its distance (`+inf` if none).
+    pub negative_distance: f32,
+}
+
+/// One mined neighbour: a bank row and its distance to the query.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct Neighbor {
+    /// The bank row ([`NO_INDEX`] where fewer than `k` negatives exist).
+    pub index: u32,
+    /// Its distance (`+inf` for padding; `-inf` for a similarity).
+    pub distance: f32,
+}
+
+use std::sync::Mutex;
+
+use crate::binding::{
+    bind_group, bind_group_layout, bytes_of, dispatch, for_each_dispatch, sized_binding, to_u32,
+    uniform_buffer, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
+};
+use crate::context::{GpuContext, PipelineSpec};
+use crate::distance::{check_len, Distance, DistanceOptions};
+use crate::error::{Error, Result};
+use crate::loss::BankIds;
+use crate::rows::{meta_bytes, prepared_bytes, vec_dim, PreparedTarget, RowSource};
+use crate::workspace::GrowableBuffer;
+
+const SHADER: &str = include_str!("../shaders/mining.wgsl");
+/// Rows and columns of one `batch_hard` / `topk_filter` tile.
+const TILE: usize = 64;
+/// Most bank rows one `batch_hard` workgroup loops over in one dispatch
+/// (see `MAX_COLUMNS_PER_DISPATCH` in src/loss.rs for why this is capped).
+const MAX_COLUMNS_PER_DISPATCH: usize = 16_384;
+/// Bytes of one (key, index) entry.
+const ENTRY_BYTES: u64 = 8;
+
+/// How far a long mining run has got: bank rows streamed so far, summed
+/// over the blocks of queries, of the total.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// Rows done.
+    pub done: u64,
+    /// Rows in all.
+    pub total: u64,
+}
+
+/// Mirrors `TileParams` in shaders/mining.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct TileParams {
+    rows: u32,
+    cols: u32,
+    vec_dim: u32,
+    x_first: u32,
+    y_first: u32,
+    skip_same_index: u32,
+    skip_same_id: u32,
+    extra: u32,
+}
+
+/// Mirrors `ListParams` in shaders/mining.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct ListParams {
+    rows: u32,
+    k: u32,
+    capacity: u32,
+    grid_width: u32,
+    row_base: u32,
+    out_offset: u32,
+    similarity: u32,
+    _pad: u32,
+}
+
+struct MiningWorkspace {
+    upload_x: GrowableBuffer,
+    upload_x_labels: GrowableBuffer,
+    upload_x_ids: GrowableBuffer,
+    upload_y: GrowableBuffer,
+    upload_y_labels: GrowableBuffer,
+    upload_y_ids: GrowableBuffer,
+    prepared_x: GrowableBuffer,
+    meta_x: GrowableBuffer,
+    prepared_y: GrowableBuffer,
+    meta_y: GrowableBuffer,
+    lists: [GrowableBuffer; 2],
+    thresholds: GrowableBuffer,
+    counts: GrowableBuffer,
+    candidates: GrowableBuffer,
+    output: GrowableBuffer,
+    staging: GrowableBuffer,
+}
+
+/// The pipelines of shaders/mining.wgsl and their workspace; one per device.
+pub(crate) struct MiningKernels {
+    hard_layout: wgpu::BindGroupLayout,
+    filter_layout: wgpu::BindGroupLayout,
+    merge_layout: wgpu::BindGroupLayout,
+    init_layout: wgpu::BindGroupLayout,
+    finish_layout: wgpu::BindGroupLayout,
+    /// Per [`Distance::shader_code`].
+    batch_hard: Vec<wgpu::ComputePipeline>,
+    topk_filter: Vec<wgpu::ComputePipeline>,
+    topk_merge: wgpu::ComputePipeline,
+    topk_init: wgpu::ComputePipeline,
+    topk_finish: wgpu::ComputePipeline,
+    workspace: Mutex<MiningWorkspace>,
+}
+
+impl MiningKernels {
+    pub(crate) fn new(ctx: &GpuContext) -> Result<Self> {
+        let device = ctx.device();
+        let tile = [UNIFORM, READ, READ, READ, READ];
+        let hard_layout = bind_group_layout(
+            device,
+            "mining.batch_hard",
+            &[&tile[..], &[READ_WRITE]].concat(),
+        );
+        let filter_layout = bind_group_layout(
+            device,
+            "mining.topk_filter",
+            &[&tile[..], &[READ, READ_WRITE, READ_WRITE]].concat(),
+        );
+        let merge_layout = bind_group_layout(
+            device,
+            "mining.topk_merge",
+            &[
+                UNIFORM, READ_WRITE, READ_WRITE, READ, READ_WRITE, READ_WRITE,
+            ],
+        );
+        let init_layout = bind_group_layout(
+            device,
+            "mining.topk_init",
+            &[UNIFORM, READ_WRITE, READ_WRITE, READ_WRITE],
+        );
+        let finish_layout =
+            bind_group_layout(device, "mining.topk_finish", &[UNIFORM, READ, READ_WRITE]);
+        let kinds: Vec<[(&str, f64); 1]> = Distance::ALL
+            .iter()
+            .map(|kind| [("DISTANCE_KIND", f64::from(kind.shader_code()))])
+            .collect();
+        let mut specs = Vec::new();
+        for (entry_point, layout) in [
+            ("batch_hard", &hard_layout),
+            ("topk_filter", &filter_layout),
+        ] {
+            for constants in &kinds {
+                specs.push(PipelineSpec {
+                    entry_point,
+                    layout,
+                    constants: constants.as_slice(),
+                });
+            }
+        }
+        for (entry_point, layout) in [
+            ("topk_merge", &merge_layout),
+            ("topk_init", &init_layout),
+            ("topk_finish", &finish_layout),
+        ] {
+            specs.push(PipelineSpec {
+                entry_point,
+                layout,
+                constants: &[],
+            });
+        }
+        let mut pipelines = ctx
+            .create_pipelines("mining.wgsl", SHADER, &specs)?
+            .into_iter();
+        let mut next = || {
+            pipelines.next().ok_or(Error::Device {
+                during: "creating compute pipelines",
+                message: "a mining pipeline is missing".into(),
+            })
+        };
+        let batch_hard = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
+        let topk_filter = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
+        let storage = wgpu::BufferUsages::STORAGE;
+        let upload = |label| GrowableBuffer::new(label, storage | wgpu::BufferUsages::COPY_DST);
+        let plain = |label| GrowableBuffer::new(label, storage);
+        Ok(Self {
+            topk_merge: next()?,
+            topk_init: next()?,
+            topk_finish: next()?,
+            batch_hard,
+            topk_filter,
+            hard_layout,
+            filter_layout,
+            merge_layout,
+            init_layout,
+            finish_layout,
+            workspace: Mutex::new(MiningWorkspace {
+                upload_x: upload("mining.upload_x"),
+                upload_x_labels: upload("mining.upload_x_labels"),
+                upload_x_ids: upload("mining.upload_x_ids"),
+                upload_y: upload("mining.upload_y"),
+                upload_y_labels: upload("mining.upload_y_labels"),
+                upload_y_ids: upload("mining.upload_y_ids"),
+                prepared_x: plain("mining.prepared_x"),
+                meta_x: plain("mining.meta_x"),
+                prepared_y: plain("mining.prepared_y"),
+                meta_y: plain("mining.meta_y"),
+                lists: [plain("mining.list_a"), plain("mining.list_b")],
+                thresholds: plain("mining.thresholds"),
+                counts: plain("mining.counts"),
+                candidates: plain("mining.candidates"),
+                output: GrowableBuffer::new(
+                    "mining.output",
+                    storage | wgpu::BufferUsages::COPY_SRC,
+                ),
+                staging: GrowableBuffer::new(
+                    "mining.staging",
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                ),
+            }),
+        })
+    }
+
+    fn lock_workspace(&self) -> std::sync::MutexGuard<'_, MiningWorkspace> {
+        self.workspace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Rows, labels and ids of one side, on the host.
+#[derive(Clone, Copy)]
+struct HostSet<'a> {
+    rows: &'a [f32],
+    labels: &'a [u32],
+    ids: Option<&'a [u32]>,
+}
+
+/// Uploads rows `first..first + count` of `set` and prepares them into
+/// `prepared`/`meta` from row 0.
+#[allow(clippy::too_many_arguments)]
+fn upload_and_prepare(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    set: HostSet<'_>,
+    (first, count, d): (usize, usize, usize),
+    options: DistanceOptions,
+    uploads: [&mut GrowableBuffer; 3],
+    (prepared, meta): (&mut GrowableBuffer, &mut GrowableBuffer),
+) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    let device = ctx.device();
+    let queue = ctx.queue();
+    let max_buffer = ctx.chunk_limits().max_buffer_bytes;
+    let [rows_upload, labels_upload, ids_upload] = uploads;
+    let rows = rows_upload.ensure(device, bytes_of(count * d), max_buffer)?;
+    queue.write_buffer(
+        &rows,
+        0,
+        bytemuck::cast_slice(&set.rows[first * d..(first + count) * d]),
+    );
+    let labels = labels_upload.ensure(device, bytes_of(count), max_buffer)?;
+    queue.write_buffer(
+        &labels,
+        0,
+        bytemuck::cast_slice(&set.labels[first..first + count]),
+    );
+    let ids = match set.ids {
+        Some(ids) => {
+            let buffer = ids_upload.ensure(device, bytes_of(count), max_buffer)?;
+            queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&ids[first..first + count]));
+            Some(buffer)
+        }
+        None => None,
+    };
+    let prepared = prepared.ensure(device, prepared_bytes(count, vec_dim(d)), max_buffer)?;
+    let meta = meta.ensure(device, meta_bytes(count), max_buffer)?;
+    let source = RowSource {
+        buffer: &rows,
+        first_row: 0,
+        rows: count,
+        dim: d,
+        labels: Some(&labels),
+        ids: ids.as_ref(),
+    };
+    let target = PreparedTarget {
+        rows: &prepared,
+        meta: &meta,
+        first_row: 0,
+    };
+    ctx.row_kernels()?
+        .record(ctx, encoder, source, options.normalizes_rows(), target)?;
+    Ok((prepared, meta))
+}
+
+fn check_set(what: &'static str, rows: usize, d: usize, set: HostSet<'_>) -> Result<()> {
+    if d == 0 {
+        return Err(Error::ZeroDimension {
+            name: "D (values per row)",
+        });
+    }
+    if rows == 0 {
+        return Err(Error::ZeroDimension { name: what });
+    }
+    check_len(what, rows * d, set.rows.len())?;
+    if let Some(ids) = set.ids {
+        check_len("ids", rows, ids.len())?;
+    }
+    Ok(())
+}
+
+/// Rows of one side per dispatch: the tile grid, one binding of prepared
+/// rows, and (for the other side) the work budget.
+fn rows_per_dispatch(ctx: &GpuContext, d: usize) -> Result<usize> {
+    let limits = ctx.chunk_limits();
+    let row_bytes = prepared_bytes(1, vec_dim(d));
+    let source_rows = limits
+        .max_binding_bytes
+        .saturating_sub(limits.storage_offset_alignment)
+        / bytes_of(d);
+    let rows = (limits.max_binding_bytes / row_bytes)
+        .min(source_rows)
+        .min(limits.max_workgroups_per_dimension as u64 * TILE as u64) as usize;
+    if rows == 0 {
+        return Err(Error::TooLarge {
+            what: format!("one row of D = {d} values"),
+            needed: row_bytes,
+            limit_name: "max_storage_buffer_binding_size",
+            limit: limits.max_binding_bytes,
+        });
+    }
+    Ok(rows)
+}
+
+impl GpuContext {
+    /// Batch-hard mining in a batch (`x`, `n x d`, `n = labels.len()`): for
+    /// each row, the farthest other row of its label and the nearest row of
+    /// another label, with their distances ([`NO_INDEX`] where none).
+    pub fn batch_hard(
+        &self,
+        x: &[f32],
+        labels: &[u32],
+        d: usize,
+        options: DistanceOptions,
+    ) -> Result<Vec<HardestPair>> {
+        let set = HostSet {
+            rows: x,
+            labels,
+            ids: None,
+        };
+        self.batch_hard_impl(set, None, d, options)
+    }
+
+    /// Batch-hard mining of queries against a bank, skipping pairs with
+    /// equal ids when `ids` is given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn batch_hard_against_bank(
+        &self,
+        queries: &[f32],
+        query_labels: &[u32],
+        bank: &[f32],
+        bank_labels: &[u32],
+        ids: Option<BankIds<'_>>,
+        d: usize,
+        options: DistanceOptions,
+    ) -> Result<Vec<HardestPair>> {
+        let x = HostSet {
+            rows: queries,
+            labels: query_labels,
+            ids: ids.map(|i| i.queries),
+        };
+        let y = HostSet {
+            rows: bank,
+            labels: bank_labels,
+            ids: ids.map(|i| i.bank),
+        };
+        self.batch_hard_impl(x, Some(y), d, options)
+    }
+
+    fn batch_hard_impl(
+        &self,
+        x: HostSet<'_>,
+        y: Option<HostSet<'_>>,
+        d: usize,
+        options: DistanceOptions,
+    ) -> Result<Vec<HardestPair>> {
+        let n = x.labels.len();
+        check_set("anchors", n, d, x)?;
+        let in_batch = y.is_none();
+        let y = y.unwrap_or(x);
+        let m = y.labels.len();
+        check_set("bank", m, d, y)?;
+        let kernels = self.mining_kernels()?;
+        let limits = self.chunk_limits();
+        let vd = vec_dim(d);
+        let max_rows = rows_per_dispatch(self, d)?;
+        let col_chunk = max_rows.min(MAX_COLUMNS_PER_DISPATCH);
+        let budget_rows = (MAX_DISPATCH_WORK / (col_chunk.min(m) as u64 * vd as u64)).max(1);
+        let row_chunk = max_rows.min(budget_rows as usize).max(1);
+        let output_bytes = (std::mem::size_of::<HardestPair>() * row_chunk) as u64;
+        let pipeline = &kernels.batch_hard[options.distance.shader_code() as usize];
+        let mut ws = kernels.lock_workspace();
+        let mut result = Vec::with_capacity(n);
+        self.with_error_scope("mining batch-hard pairs", || {
+            let device = self.device();
+            let ws = &mut *ws;
+            for x0 in (0..n).step_by(row_chunk) {
+                let rows = row_chunk.min(n - x0);
+                let out = ws
+                    .output
+                    .ensure(device, output_bytes, limits.max_buffer_bytes)?;
+                for (index, y0) in (0..m).step_by(col_chunk).enumerate() {
+                    let cols = col_chunk.min(m - y0);
+                    let mut encoder = device.create_command_encoder(&Default::default());
+                    let (prepared_x, meta_x) = upload_and_prepare(
+                        self,
+                        &mut encoder,
+                        x,
+                        (x0, rows, d),
+                        options,
+                        [
+                            &mut ws.upload_x,
+                            &mut ws.upload_x_labels,
+                            &mut ws.upload_x_ids,
+                        ],
+                        (&mut ws.prepared_x, &mut ws.meta_x),
+                    )?;
+                    let (prepared_y, meta_y) = upload_and_prepare(
+                        self,
+                        &mut encoder,
+                        y,
+                        (y0, cols, d),
+                        options,
+                        [
+                            &mut ws.upload_y,
+                            &mut ws.upload_y_labels,
+                            &mut ws.upload_y_ids,
+                        ],
+                        (&mut ws.prepared_y, &mut ws.meta_y),
+                    )?;
+                    let params = TileParams {
+                        rows: to_u32(rows, "rows")?,
+                        cols: to_u32(cols, "rows")?,
+                        vec_dim: to_u32(vd, "D / 4")?,
+                        x_first: to_u32(x0, "rows")?,
+                        y_first: to_u32(y0, "rows")?,
+                        skip_same_index: u32::from(in_batch),
+                        skip_same_id: u32::from(x.ids.is_some()),
+                        extra: u32::from(index > 0),
+                    };
+                    let params_buffer = uniform_buffer(device, "mining.tile_params", &params);
+                    let group = bind_group(
+                        device,
+                        "mining.batch_hard",
+                        &kernels.hard_layout,
+                        vec![
+                            params_buffer.as_entire_binding(),
+                            sized_binding(&prepared_x, prepared_bytes(rows, vd)),
+                            sized_binding(&prepared_y, prepared_bytes(cols, vd)),
+                            sized_binding(&meta_x, meta_bytes(rows)),
+                            sized_binding(&meta_y, meta_bytes(cols)),
+                            sized_binding(&out, output_bytes),
+                        ],
+                    );
+                    let groups = (to_u32(rows.div_ceil(TILE), "workgroups")?, 1);
+                    dispatch(&mut encoder, "mining.batch_hard", pipeline, &group, groups);
+                    self.queue().submit([encoder.finish()]);
+                    self.wait_idle()?;
+                }
+                let staging = ws
+                    .staging
+                    .ensure(device, output_bytes, limits.max_buffer_bytes)?;
+                let mut encoder = device.create_command_encoder(&Default::default());
+                let bytes = (std::mem::size_of::<HardestPair>() * rows) as u64;
+                encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, bytes);
+                self.queue().submit([encoder.finish()]);
+                result.extend(self.read_back::<HardestPair>(&staging, bytes)?);
+            }
+            Ok(())
+        })?;
+        Ok(result)
+    }
+
+    /// The `k` nearest negatives of each query (rows of `bank` with another
+    /// label, and another id when `ids` is given), closest first, ties to
+    /// the smaller index; row-major `n x k`, padded with [`NO_INDEX`] where
+    /// fewer than `k` exist.
+    #[allow(clippy::too_many_arguments)]
+    pub fn top_k_negatives(
+        &self,
+        queries: &[f32],
+        query_labels: &[u32],
+        bank: &[f32],
+        bank_labels: &[u32],
+        ids: Option<BankIds<'_>>,
+        d: usize,
+        k: usize,
+        options: DistanceOptions,
+    ) -> Result<Vec<Neighbor>> {
+        self.top_k_negatives_with_progress(
+            queries,
+            query_labels,
+            bank,
+            bank_labels,
+            ids,
+            (d, k),
+            options,
+            &mut |_| {},
+        )
+    }
+
+    /// [`GpuContext::top_k_negatives`], calling `progress` after each chunk
+    /// of the bank (e.g. to draw a progress bar).
+    #[allow(clippy::too_many_arguments)]
+    pub fn top_k_negatives_with_progress(
+        &self,
+        queries: &[f32],
+        query_labels: &[u32],
+        bank: &[f32],
+        bank_labels: &[u32],
+        ids: Option<BankIds<'_>>,
+        (d, k): (usize, usize),
+        options: DistanceOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Vec<Neighbor>> {
+        let x = HostSet {
+            rows: queries,
+            labels: query_labels,
+            ids: ids.map(|i| i.queries),
+        };
+        let y = HostSet {
+            rows: bank,
+            labels: bank_labels,
+            ids: ids.map(|i| i.bank),
+        };
+        let (n, m) = (query_labels.len(), bank_labels.len());
+        check_set("queries", n, d, x)?;
+        check_set("bank", m, d, y)?;
+        if k == 0 {
+            return Err(Error::ZeroDimension { name: "k" });
+        }
+        let kernels = self.mining_kernels()?;
+        let limits = self.chunk_limits();
+        let binding = limits.max_binding_bytes;
+        let max_groups = limits.max_workgroups_per_dimension as usize;
+        let vd = vec_dim(d);
+        let max_rows = rows_per_dispatch(self, d)?;
+        // Bank rows per chunk: a power of two (the candidate lists hold one
+        // chunk each and are sorted bitonically).
+        let col_chunk = prev_power_of_two(max_rows.min(MAX_COLUMNS_PER_DISPATCH));
+        let capacity = col_chunk;
+        let row_chunk = (binding / (capacity as u64 * ENTRY_BYTES))
+            .min(binding / (k as u64 * ENTRY_BYTES))
+            .min(MAX_DISPATCH_WORK / (col_chunk as u64 * vd as u64))
+            .min(max_rows as u64) as usize;
+        if row_chunk == 0 {
+            return Err(Error::TooLarge {
+                what: format!("the best k = {k} of one query"),
+                needed: k as u64 * ENTRY_BYTES,
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+            });
+        }
+        let total = n.div_ceil(row_chunk) as u64 * m as u64;
+        let mut done = 0u64;
+        let mut result = Vec::new();
+        result
+            .try_reserve_exact(n.saturating_mul(k))
+            .map_err(|_| Error::SizeOverflow { what: "N * k" })?;
+        let mut ws = kernels.lock_workspace();
+        self.with_error_scope("mining top-k negatives", || {
+            let device = self.device();
+            let ws = &mut *ws;
+            let max_buffer = limits.max_buffer_bytes;
+            for x0 in (0..n).step_by(row_chunk) {
+                let rows = row_chunk.min(n - x0);
+                let list_bytes = rows as u64 * k as u64 * ENTRY_BYTES;
+                let lists = [
+                    ws.lists[0].ensure(device, list_bytes, max_buffer)?,
+                    ws.lists[1].ensure(device, list_bytes, max_buffer)?,
+                ];
+                let thresholds =
+                    ws.thresholds
+                        .ensure(device, rows as u64 * ENTRY_BYTES, max_buffer)?;
+                let counts = ws.counts.ensure(device, bytes_of(rows), max_buffer)?;
+                let candidates = ws.candidates.ensure(
+                    device,
+                    rows as u64 * capacity as u64 * ENTRY_BYTES,
+                    max_buffer,
+                )?;
+                let list_params = |row_base: usize, grid: (u32, u32)| -> Result<ListParams> {
+                    Ok(ListParams {
+                        rows: to_u32(rows, "rows")?,
+                        k: to_u32(k, "k")?,
+                        capacity: to_u32(capacity, "capacity")?,
+                        grid_width: grid.0,
+                        row_base: to_u32(row_base, "rows")?,
+                        out_offset: 0,
+                        similarity: u32::from(options.distance.is_similarity()),
+                        _pad: 0,
+                    })
+                };
+                let mut encoder = device.create_command_encoder(&Default::default());
+                let (prepared_x, meta_x) = upload_and_prepare(
+                    self,
+                    &mut encoder,
+                    x,
+                    (x0, rows, d),
+                    options,
+                    [
+                        &mut ws.upload_x,
+                        &mut ws.upload_x_labels,
+                        &mut ws.upload_x_ids,
+                    ],
+                    (&mut ws.prepared_x, &mut ws.meta_x),
+                )?;
+                for_each_dispatch(
+                    rows,
+                    1,
+                    limits.max_workgroups_per_dimension,
+                    |base, _, grid| {
+                        let params =
+                            uniform_buffer(device, "mining.list_params", &list_params(base, grid)?);
+                        let group = bind_group(
+                            device,
+                            "mining.topk_init",
+                            &kernels.init_layout,
+                            vec![
+                                params.as_entire_binding(),
+                                counts.as_entire_binding(),
+                                lists[0].as_entire_binding(),
+                                thresholds.as_entire_binding(),
+                            ],
+                        );
+                        dispatch(
+                            &mut encoder,
+                            "mining.topk_init",
+                            &kernels.topk_init,
+                            &group,
+                            grid,
+                        );
+                        Ok(())
+                    },
+                )?;
+                let mut current = 0;
+                for y0 in (0..m).step_by(col_chunk) {
+                    let cols = col_chunk.min(m - y0);
+                    let (prepared_y, meta_y) = upload_and_prepare(
+                        self,
+                        &mut encoder,
+                        y,
+                        (y0, cols, d),
+                        options,
+                        [
+                            &mut ws.upload_y,
+                            &mut ws.upload_y_labels,
+                            &mut ws.upload_y_ids,
+                        ],
+                        (&mut ws.prepared_y, &mut ws.meta_y),
+                    )?;
+                    let params = TileParams {
+                        rows: to_u32(rows, "rows")?,
+                        cols: to_u32(cols, "rows")?,
+                        vec_dim: to_u32(vd, "D / 4")?,
+                        x_first: to_u32(x0, "rows")?,
+                        y_first: to_u32(y0, "rows")?,
+                        skip_same_index: 0,
+                        skip_same_id: u32::from(x.ids.is_some()),
+                        extra: to_u32(capacity, "capacity")?,
+                    };
+                    let params_buffer = uniform_buffer(device, "mining.tile_params", &params);
+                    let group = bind_group(
+                        device,
+                        "mining.topk_filter",
+                        &kernels.filter_layout,
+                        vec![
+                            params_buffer.as_entire_binding(),
+                            sized_binding(&prepared_x, prepared_bytes(rows, vd)),
+                            sized_binding(&prepared_y, prepared_bytes(cols, vd)),
+                            sized_binding(&meta_x, meta_bytes(rows)),
+                            sized_binding(&meta_y, meta_bytes(cols)),
+                            thresholds.as_entire_binding(),
+                            counts.as_entire_binding(),
+                            candidates.as_entire_binding(),
+                        ],
+                    );
+                    let groups = (
+                        to_u32(cols.div_ceil(TILE).min(max_groups), "workgroups")?,
+                        to_u32(rows.div_ceil(TILE), "workgroups")?,
+                    );
+                    let pipeline = &kernels.topk_filter[options.distance.shader_code() as usize];
+                    dispatch(&mut encoder, "mining.topk_filter", pipeline, &group, groups);
+                    let (input, output) = (&lists[current], &lists[1 - current]);
+                    for_each_dispatch(
+                        rows,
+                        1,
+                        limits.max_workgroups_per_dimension,
+                        |base, _, grid| {
+                            let params = uniform_buffer(
+                                device,
+                                "mining.list_params",
+                                &list_params(base, grid)?,
+                            );
+                            let group = bind_group(
+                                device,
+                                "mining.topk_merge",
+                                &kernels.merge_layout,
+                                vec![
+                                    params.as_entire_binding(),
+                                    counts.as_entire_binding(),
+                                    candidates.as_entire_binding(),
+                                    input.as_entire_binding(),
+                                    output.as_entire_binding(),
+                                    thresholds.as_entire_binding(),
+                                ],
+                            );
+                            dispatch(
+                                &mut encoder,
+                                "mining.topk_merge",
+                                &kernels.topk_merge,
+                                &group,
+                                grid,
+                            );
+                            Ok(())
+                        },
+                    )?;
+                    current = 1 - current;
+                    self.queue().submit([std::mem::replace(
+                        &mut encoder,
+                        device.create_command_encoder(&Default::default()),
+                    )
+                    .finish()]);
+                    self.wait_idle()?;
+                    done += cols as u64;
+                    progress(Progress { done, total });
+                }
+                let out_bytes = rows as u64 * k as u64 * ENTRY_BYTES;
+                let out = ws.output.ensure(device, out_bytes, max_buffer)?;
+                for_each_dispatch(
+                    rows,
+                    1,
+                    limits.max_workgroups_per_dimension,
+                    |base, _, grid| {
+                        let params =
+                            uniform_buffer(device, "mining.list_params", &list_params(base, grid)?);
+                        let group = bind_group(
+                            device,
+                            "mining.topk_finish",
+                            &kernels.finish_layout,
+                            vec![
+                                params.as_entire_binding(),
+                                lists[current].as_entire_binding(),
+                                sized_binding(&out, out_bytes),
+                            ],
+                        );
+                        dispatch(
+                            &mut encoder,
+                            "mining.topk_finish",
+                            &kernels.topk_finish,
+                            &group,
+                            grid,
+                        );
+                        Ok(())
+                    },
+                )?;
+                let staging = ws.staging.ensure(device, out_bytes, max_buffer)?;
+                encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, out_bytes);
+                self.queue().submit([encoder.finish()]);
+                result.extend(self.read_back::<Neighbor>(&staging, out_bytes)?);
+            }
+            Ok(())
+        })?;
+        Ok(result)
+    }
+}
+
+/// The largest power of two at most `value` (at least 1).
+fn prev_power_of_two(value: usize) -> usize {
+    if value <= 1 {
+        1
+    } else {
+        1 << (usize::BITS - 1 - value.leading_zeros())
+    }
+}

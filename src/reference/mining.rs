@@ -1,0 +1,246 @@
+//! CPU mirror of `shaders/mining.wgsl`: the miners as plain loops over
+//! distances computed in `f64` (parallel over anchors).
+//!
+//! "Closer" means a smaller distance, or a larger similarity for
+//! [`Distance::Dot`]. Ties are broken by the smaller index everywhere.
+//! Where nothing qualifies the index is [`NO_INDEX`] (`u32::MAX`).
+
+use rayon::prelude::*;
+
+use super::distance::pair as pair_distance;
+use super::rows::prepare_rows;
+use crate::distance::{check_len, Distance, DistanceOptions};
+use crate::error::{Error, Result};
+use crate::loss::BankIds;
+use crate::mining::{HardestPair, Neighbor, NO_INDEX};
+
+/// Prepared rows and norms of one set, for pair distances.
+struct Set {
+    rows: Vec<f64>,
+    norms: Vec<f64>,
+    d: usize,
+}
+
+impl Set {
+    fn new<T: Copy + Into<f64>>(x: &[T], d: usize, options: DistanceOptions) -> Self {
+        let (rows, norms) = prepare_rows(x, d, options.normalizes_rows());
+        Self { rows, norms, d }
+    }
+
+    fn distance(&self, i: usize, other: &Set, j: usize, options: DistanceOptions) -> f64 {
+        let a = &self.rows[i * self.d..(i + 1) * self.d];
+        let b = &other.rows[j * other.d..(j + 1) * other.d];
+        pair_distance(options, a, b, self.norms[i], other.norms[j]).0
+    }
+}
+
+/// Orders candidates: closer first, then the smaller index.
+fn closer(options: DistanceOptions, (d1, i1): (f64, u32), (d2, i2): (f64, u32)) -> bool {
+    let (k1, k2) = if options.distance == Distance::Dot {
+        (-d1, -d2)
+    } else {
+        (d1, d2)
+    };
+    k1 < k2 || (k1 == k2 && i1 < i2)
+}
+
+/// Orders candidates: farther first, then the smaller index.
+fn farther(options: DistanceOptions, (d1, i1): (f64, u32), (d2, i2): (f64, u32)) -> bool {
+    let (k1, k2) = if options.distance == Distance::Dot {
+        (-d1, -d2)
+    } else {
+        (d1, d2)
+    };
+    k1 > k2 || (k1 == k2 && i1 < i2)
+}
+
+fn check_rows(what: &'static str, rows: usize, d: usize, values: usize) -> Result<()> {
+    if d == 0 {
+        return Err(Error::ZeroDimension {
+            name: "D (values per row)",
+        });
+    }
+    if rows == 0 {
+        return Err(Error::ZeroDimension { name: what });
+    }
+    check_len(what, rows * d, values)
+}
+
+/// The hardest pair of one anchor over the candidates `j` that
+/// `considered` accepts: farthest same-label row and nearest other-label row.
+fn hardest(
+    options: DistanceOptions,
+    candidates: impl Iterator<Item = (u32, f64, bool)>,
+) -> HardestPair {
+    let mut best_positive: Option<(f64, u32)> = None;
+    let mut best_negative: Option<(f64, u32)> = None;
+    for (j, distance, similar) in candidates {
+        let candidate = (distance, j);
+        if similar {
+            if best_positive.is_none_or(|best| farther(options, candidate, best)) {
+                best_positive = Some(candidate);
+            }
+        } else if best_negative.is_none_or(|best| closer(options, candidate, best)) {
+            best_negative = Some(candidate);
+        }
+    }
+    let unpack = |best: Option<(f64, u32)>| match best {
+        Some((distance, index)) => (index, distance as f32),
+        None => (NO_INDEX, f32::INFINITY),
+    };
+    let (positive, positive_distance) = unpack(best_positive);
+    let (negative, negative_distance) = unpack(best_negative);
+    HardestPair {
+        positive,
+        positive_distance,
+        negative,
+        negative_distance,
+    }
+}
+
+/// Batch-hard mining in a batch: for each row, the farthest other row of
+/// its label and the nearest row of another label.
+pub fn batch_hard<T: Copy + Into<f64> + Sync>(
+    x: &[T],
+    labels: &[u32],
+    d: usize,
+    options: DistanceOptions,
+) -> Result<Vec<HardestPair>> {
+    let n = labels.len();
+    check_rows("X (the batch)", n, d, x.len())?;
+    let set = Set::new(x, d, options);
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            let candidates = (0..n).filter(|&j| j != i).map(|j| {
+                (
+                    j as u32,
+                    set.distance(i, &set, j, options),
+                    labels[i] == labels[j],
+                )
+            });
+            hardest(options, candidates)
+        })
+        .collect())
+}
+
+/// Batch-hard mining of queries against a bank, skipping pairs with equal
+/// ids when `ids` is given.
+pub fn batch_hard_against_bank<T: Copy + Into<f64> + Sync>(
+    queries: &[T],
+    query_labels: &[u32],
+    bank: &[T],
+    bank_labels: &[u32],
+    ids: Option<BankIds<'_>>,
+    d: usize,
+    options: DistanceOptions,
+) -> Result<Vec<HardestPair>> {
+    let (n, m) = (query_labels.len(), bank_labels.len());
+    check_rows("queries", n, d, queries.len())?;
+    check_rows("bank", m, d, bank.len())?;
+    check_ids(ids, n, m)?;
+    let q = Set::new(queries, d, options);
+    let b = Set::new(bank, d, options);
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            let candidates = (0..m)
+                .filter(|&j| ids.is_none_or(|ids| ids.queries[i] != ids.bank[j]))
+                .map(|j| {
+                    (
+                        j as u32,
+                        q.distance(i, &b, j, options),
+                        query_labels[i] == bank_labels[j],
+                    )
+                });
+            hardest(options, candidates)
+        })
+        .collect())
+}
+
+fn check_ids(ids: Option<BankIds<'_>>, n: usize, m: usize) -> Result<()> {
+    if let Some(ids) = ids {
+        check_len("query ids", n, ids.queries.len())?;
+        check_len("bank ids", m, ids.bank.len())?;
+    }
+    Ok(())
+}
+
+/// The `k` nearest negatives of each query in the bank (rows of another
+/// label, not excluded by id), closest first, ties by the smaller index, by
+/// sorting every candidate; padded with [`NO_INDEX`] (distance `+inf`, or
+/// `-inf` for a similarity) when fewer than `k` exist. Row-major `n x k`.
+#[allow(clippy::too_many_arguments)]
+pub fn top_k_negatives<T: Copy + Into<f64> + Sync>(
+    queries: &[T],
+    query_labels: &[u32],
+    bank: &[T],
+    bank_labels: &[u32],
+    ids: Option<BankIds<'_>>,
+    d: usize,
+    k: usize,
+    options: DistanceOptions,
+) -> Result<Vec<Neighbor>> {
+    let (n, m) = (query_labels.len(), bank_labels.len());
+    check_rows("queries", n, d, queries.len())?;
+    check_rows("bank", m, d, bank.len())?;
+    check_ids(ids, n, m)?;
+    if k == 0 {
+        return Err(Error::ZeroDimension { name: "k" });
+    }
+    let q = Set::new(queries, d, options);
+    let b = Set::new(bank, d, options);
+    let padding = Neighbor {
+        index: NO_INDEX,
+        distance: if options.distance.is_similarity() {
+            f32::NEG_INFINITY
+        } else {
+            f32::INFINITY
+        },
+    };
+    Ok((0..n)
+        .into_par_iter()
+        .flat_map_iter(|i| {
+            let mut candidates: Vec<(f64, u32)> = (0..m)
+                .filter(|&j| query_labels[i] != bank_labels[j])
+                .filter(|&j| ids.is_none_or(|ids| ids.queries[i] != ids.bank[j]))
+                .map(|j| (q.distance(i, &b, j, options), j as u32))
+                .collect();
+            candidates.sort_by(|&a, &b| {
+                if closer(options, a, b) {
+                    std::cmp::Ordering::Less
+                } else if closer(options, b, a) {
+                    std::cmp::Ordering::Greater
+                } else {
+                    std::cmp::Ordering::Equal
+                }
+            });
+            let found: Vec<Neighbor> = candidates
+                .into_iter()
+                .take(k)
+                .map(|(distance, index)| Neighbor {
+                    index,
+                    distance: distance as f32,
+                })
+                .collect();
+            let missing = k - found.len();
+            found
+                .into_iter()
+                .chain(std::iter::repeat_n(padding, missing))
+        })
+        .collect())
+}
+
+/// The distance between query `i` and bank row `j`, as the reference
+/// computes it (for checking mined results).
+pub fn distance_of<T: Copy + Into<f64> + Sync>(
+    queries: &[T],
+    bank: &[T],
+    d: usize,
+    (i, j): (usize, usize),
+    options: DistanceOptions,
+) -> f64 {
+    let q = Set::new(&queries[i * d..(i + 1) * d], d, options);
+    let b = Set::new(&bank[j * d..(j + 1) * d], d, options);
+    q.distance(0, &b, 0, options)
+}

@@ -1,0 +1,478 @@
+//! GPU miners against their CPU reference on random data with ties and
+//! duplicate rows. Distances come from f32 kernels, so where two candidates
+//! are closer than the tolerance rule either may win; every check allows
+//! exactly that and no more.
+
+mod common;
+
+use common::{gpu, gpu_with_small_chunks};
+use contrastive_wgpu::mining::{HardestPair, Neighbor, Progress, NO_INDEX};
+use contrastive_wgpu::reference::distance as cpu_distance;
+use contrastive_wgpu::reference::mining as cpu;
+use contrastive_wgpu::synthetic::SplitMix64;
+use contrastive_wgpu::{BankIds, Distance, DistanceOptions, Error, GpuContext, PairwiseShape};
+
+/// Rows with duplicates (every 5th row repeats an earlier one) and values
+/// on a coarse grid, so exact distance ties occur.
+fn rows(n: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut rng = SplitMix64::new(seed);
+    let mut values: Vec<f32> = (0..n * d)
+        .map(|_| (rng.below(7) as f32 - 3.0) * 0.5)
+        .collect();
+    for r in (5..n).step_by(5) {
+        let source = rng.below(r as u64) as usize;
+        let copy = values[source * d..(source + 1) * d].to_vec();
+        values[r * d..(r + 1) * d].copy_from_slice(&copy);
+    }
+    values
+}
+
+fn labels(n: usize, classes: u64, seed: u64) -> Vec<u32> {
+    let mut rng = SplitMix64::new(seed);
+    (0..n).map(|_| rng.below(classes) as u32).collect()
+}
+
+fn all_options() -> Vec<DistanceOptions> {
+    Distance::ALL
+        .iter()
+        .flat_map(|&kind| {
+            [
+                DistanceOptions::new(kind),
+                DistanceOptions::new(kind).normalized(),
+            ]
+        })
+        .collect()
+}
+
+/// Reference distances and tolerances of every query x bank pair.
+struct Matrix {
+    values: Vec<f64>,
+    tolerances: Vec<f64>,
+    m: usize,
+}
+
+impl Matrix {
+    fn new(x: &[f32], y: &[f32], n: usize, m: usize, d: usize, options: DistanceOptions) -> Self {
+        let shape = PairwiseShape::new(n, m, d);
+        Self {
+            values: cpu_distance::pairwise_distances(x, y, shape, options).unwrap(),
+            tolerances: cpu_distance::pairwise_tolerances(x, y, shape, options).unwrap(),
+            m,
+        }
+    }
+    fn at(&self, i: usize, j: u32) -> (f64, f64) {
+        let k = i * self.m + j as usize;
+        (self.values[k], self.tolerances[k])
+    }
+}
+
+/// Whether rows `a` and `b` of `rows` (width `d`) must come out exactly
+/// equally far from any anchor: bitwise identical rows, and arithmetic that
+/// is exact in f32 (the grid values of `rows`, not normalised). Normalised
+/// rows round, and a backend may fuse multiply-adds differently at different
+/// places of a tile, so identical rows can then differ by an ulp and either
+/// may win; the tolerance checks cover that case.
+fn identical(rows: &[f32], d: usize, options: DistanceOptions) -> impl Fn(u32, u32) -> bool + '_ {
+    move |a, b| {
+        let row = |r: u32| &rows[r as usize * d..(r as usize + 1) * d];
+        !(options.normalize || options.distance == Distance::Cosine)
+            && row(a)
+                .iter()
+                .zip(row(b))
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+}
+
+/// Checks one mined index against the reference's choice: both absent, or
+/// the GPU's choice is as good within tolerance, its reported distance is
+/// right, and exact ties went to the smaller index.
+fn check_choice(
+    what: &str,
+    matrix: &Matrix,
+    i: usize,
+    gpu: (u32, f32),
+    reference: (u32, f32),
+    same_rows: &dyn Fn(u32, u32) -> bool,
+) {
+    if reference.0 == NO_INDEX {
+        assert_eq!(gpu.0, NO_INDEX, "{what}: anchor {i} should have none");
+        assert_eq!(gpu.1, f32::INFINITY, "{what}: anchor {i}");
+        return;
+    }
+    assert_ne!(gpu.0, NO_INDEX, "{what}: anchor {i} found none");
+    let (chosen, tol_chosen) = matrix.at(i, gpu.0);
+    let (best, tol_best) = matrix.at(i, reference.0);
+    assert!(
+        (chosen - best).abs() <= tol_chosen + tol_best,
+        "{what}: anchor {i} chose {} at {chosen}, best is {} at {best}",
+        gpu.0,
+        reference.0
+    );
+    assert!(
+        (f64::from(gpu.1) - chosen).abs() <= tol_chosen,
+        "{what}: anchor {i} reports {} for a distance of {chosen}",
+        gpu.1
+    );
+    if same_rows(gpu.0, reference.0) {
+        assert_eq!(
+            gpu.0, reference.0,
+            "{what}: anchor {i}: exact tie must go to the smaller index"
+        );
+    }
+}
+
+fn check_hardest(
+    what: &str,
+    matrix: &Matrix,
+    gpu: &[HardestPair],
+    reference: &[HardestPair],
+    same_rows: &dyn Fn(u32, u32) -> bool,
+) {
+    assert_eq!(gpu.len(), reference.len());
+    for (i, (g, r)) in gpu.iter().zip(reference).enumerate() {
+        check_choice(
+            &format!("{what} positive"),
+            matrix,
+            i,
+            (g.positive, g.positive_distance),
+            (r.positive, r.positive_distance),
+            same_rows,
+        );
+        check_choice(
+            &format!("{what} negative"),
+            matrix,
+            i,
+            (g.negative, g.negative_distance),
+            (r.negative, r.negative_distance),
+            same_rows,
+        );
+    }
+}
+
+#[test]
+fn batch_hard_in_batch_matches_the_reference() {
+    for (index, options) in all_options().into_iter().enumerate() {
+        let (n, d) = [(70, 5), (129, 3), (1, 4), (40, 17)][index % 4];
+        let x = rows(n, d, index as u64);
+        let batch_labels = labels(n, 4, index as u64);
+        let mined = gpu().batch_hard(&x, &batch_labels, d, options).unwrap();
+        let expected = cpu::batch_hard(&x, &batch_labels, d, options).unwrap();
+        let matrix = Matrix::new(&x, &x, n, n, d, options);
+        check_hardest(
+            &format!("{options:?}"),
+            &matrix,
+            &mined,
+            &expected,
+            &identical(&x, d, options),
+        );
+    }
+}
+
+#[test]
+fn batch_hard_marks_anchors_without_positives_or_negatives() {
+    let d = 3;
+    let x = rows(6, d, 9);
+    // Label 7 appears once (no positive); with one class there is no negative.
+    let mined = gpu()
+        .batch_hard(&x, &[7, 1, 1, 2, 2, 1], d, DistanceOptions::default())
+        .unwrap();
+    assert_eq!(mined[0].positive, NO_INDEX);
+    assert_ne!(mined[0].negative, NO_INDEX);
+    let mined = gpu()
+        .batch_hard(&x, &[3; 6], d, DistanceOptions::default())
+        .unwrap();
+    assert!(mined
+        .iter()
+        .all(|m| m.negative == NO_INDEX && m.positive != NO_INDEX));
+}
+
+#[test]
+fn batch_hard_against_a_bank_in_many_chunks_matches_the_reference() {
+    let (n, m, d) = (50, 300, 6);
+    let queries = rows(n, d, 21);
+    let bank = rows(m, d, 22);
+    let (q_labels, b_labels) = (labels(n, 5, 21), labels(m, 5, 22));
+    let query_ids: Vec<u32> = (0..n as u32).map(|i| i * 2).collect();
+    let bank_ids: Vec<u32> = (0..m as u32).collect();
+    let ids = BankIds {
+        queries: &query_ids,
+        bank: &bank_ids,
+    };
+    for gpu in [gpu(), gpu_with_small_chunks()] {
+        for options in [
+            DistanceOptions::default(),
+            DistanceOptions::new(Distance::Dot),
+        ] {
+            let mined = gpu
+                .batch_hard_against_bank(
+                    &queries,
+                    &q_labels,
+                    &bank,
+                    &b_labels,
+                    Some(ids),
+                    d,
+                    options,
+                )
+                .unwrap();
+            let expected = cpu::batch_hard_against_bank(
+                &queries,
+                &q_labels,
+                &bank,
+                &b_labels,
+                Some(ids),
+                d,
+                options,
+            )
+            .unwrap();
+            let matrix = Matrix::new(&queries, &bank, n, m, d, options);
+            check_hardest(
+                &format!("bank {options:?}"),
+                &matrix,
+                &mined,
+                &expected,
+                &identical(&bank, d, options),
+            );
+            // Excluded ids never come back.
+            for (i, pair) in mined.iter().enumerate() {
+                for j in [pair.positive, pair.negative] {
+                    assert!(j == NO_INDEX || bank_ids[j as usize] != query_ids[i]);
+                }
+            }
+        }
+    }
+}
+
+/// Checks a GPU top-k list against the reference's full sort.
+#[allow(clippy::too_many_arguments)]
+fn check_top_k(
+    what: &str,
+    matrix: &Matrix,
+    gpu: &[Neighbor],
+    reference: &[Neighbor],
+    k: usize,
+    is_negative: impl Fn(usize, u32) -> bool,
+    similarity: bool,
+    same_rows: &dyn Fn(u32, u32) -> bool,
+) {
+    for (i, (found, expected)) in gpu.chunks(k).zip(reference.chunks(k)).enumerate() {
+        let mut seen = std::collections::HashSet::new();
+        for t in 0..k {
+            let (g, r) = (found[t], expected[t]);
+            if r.index == NO_INDEX {
+                assert_eq!(
+                    g.index, NO_INDEX,
+                    "{what}: query {i} slot {t} should be padding"
+                );
+                let padding = if similarity {
+                    f32::NEG_INFINITY
+                } else {
+                    f32::INFINITY
+                };
+                assert_eq!(g.distance, padding);
+                continue;
+            }
+            assert_ne!(g.index, NO_INDEX, "{what}: query {i} slot {t} missing");
+            assert!(
+                is_negative(i, g.index),
+                "{what}: query {i} got a non-negative"
+            );
+            assert!(
+                seen.insert(g.index),
+                "{what}: query {i} repeats {}",
+                g.index
+            );
+            // The t-th best distance agrees with the full sort's, within
+            // tolerance, and is what the chosen row is really at.
+            let (chosen, tol_chosen) = matrix.at(i, g.index);
+            let (best, tol_best) = matrix.at(i, r.index);
+            assert!(
+                (chosen - best).abs() <= tol_chosen + tol_best,
+                "{what}: query {i} slot {t}: {} at {chosen}, sort has {} at {best}",
+                g.index,
+                r.index
+            );
+            assert!((f64::from(g.distance) - chosen).abs() <= tol_chosen);
+            if t > 0 && found[t - 1].distance == g.distance {
+                assert!(
+                    found[t - 1].index < g.index,
+                    "{what}: query {i}: equal distances by index"
+                );
+            }
+            if same_rows(g.index, r.index) {
+                assert_eq!(
+                    g.index, r.index,
+                    "{what}: query {i} slot {t}: exact ties by index"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn top_k_negatives_match_a_full_sort() {
+    for (index, options) in all_options().into_iter().enumerate() {
+        let (n, m, d, k) = [
+            (30, 200, 5, 10),
+            (7, 130, 3, 64),
+            (65, 90, 9, 1),
+            (3, 40, 2, 50),
+        ][index % 4];
+        let queries = rows(n, d, 100 + index as u64);
+        let bank = rows(m, d, 200 + index as u64);
+        let (q_labels, b_labels) = (labels(n, 3, index as u64), labels(m, 3, 7 + index as u64));
+        let mined = gpu()
+            .top_k_negatives(&queries, &q_labels, &bank, &b_labels, None, d, k, options)
+            .unwrap();
+        let expected =
+            cpu::top_k_negatives(&queries, &q_labels, &bank, &b_labels, None, d, k, options)
+                .unwrap();
+        assert_eq!(mined.len(), n * k);
+        let matrix = Matrix::new(&queries, &bank, n, m, d, options);
+        check_top_k(
+            &format!("{options:?} k={k}"),
+            &matrix,
+            &mined,
+            &expected,
+            k,
+            |i, j| q_labels[i] != b_labels[j as usize],
+            options.distance.is_similarity(),
+            &identical(&bank, d, options),
+        );
+    }
+}
+
+#[test]
+fn top_k_over_a_bank_in_many_chunks_with_exclusions_and_progress() {
+    // 4 KiB bindings: the bank of 3000 rows is streamed 64 rows at a time,
+    // each chunk merged into the best k so far.
+    let (n, m, d, k) = (9, 3000, 4, 30);
+    let queries = rows(n, d, 31);
+    let bank = rows(m, d, 32);
+    let (q_labels, b_labels) = (labels(n, 3, 31), labels(m, 3, 32));
+    let query_ids: Vec<u32> = (0..n as u32).collect();
+    let bank_ids: Vec<u32> = (0..m as u32).map(|j| j % 10).collect();
+    let ids = BankIds {
+        queries: &query_ids,
+        bank: &bank_ids,
+    };
+    let options = DistanceOptions::default();
+    let mut reports = Vec::new();
+    let mined = gpu_with_small_chunks()
+        .top_k_negatives_with_progress(
+            &queries,
+            &q_labels,
+            &bank,
+            &b_labels,
+            Some(ids),
+            (d, k),
+            options,
+            &mut |p: Progress| reports.push(p),
+        )
+        .unwrap();
+    let expected = cpu::top_k_negatives(
+        &queries,
+        &q_labels,
+        &bank,
+        &b_labels,
+        Some(ids),
+        d,
+        k,
+        options,
+    )
+    .unwrap();
+    let matrix = Matrix::new(&queries, &bank, n, m, d, options);
+    check_top_k(
+        "chunked",
+        &matrix,
+        &mined,
+        &expected,
+        k,
+        |i, j| q_labels[i] != b_labels[j as usize] && bank_ids[j as usize] != query_ids[i],
+        false,
+        &identical(&bank, d, options),
+    );
+    // Progress went up to the total, one report per chunk.
+    assert!(reports.len() > 10, "{} reports", reports.len());
+    assert!(reports.windows(2).all(|w| w[0].done < w[1].done));
+    let last = reports.last().unwrap();
+    assert_eq!(last.done, last.total);
+}
+
+#[test]
+fn top_k_beyond_2048_and_beyond_the_negatives_there_are() {
+    // k = 2500 exceeds FAISS's 2048; 1000 of the 20000 bank rows are
+    // negatives, so the rest of each list is padding; the bank takes two
+    // chunks of 16384 rows.
+    let (n, m, d, k) = (3, 20_000, 2, 2500);
+    let queries = rows(n, d, 51);
+    let bank = rows(m, d, 52);
+    let q_labels = vec![0u32; n];
+    let b_labels: Vec<u32> = (0..m).map(|j| u32::from(j % 20 == 3)).collect();
+    let options = DistanceOptions::new(Distance::SquaredEuclidean);
+    let mined = gpu()
+        .top_k_negatives(&queries, &q_labels, &bank, &b_labels, None, d, k, options)
+        .unwrap();
+    let expected =
+        cpu::top_k_negatives(&queries, &q_labels, &bank, &b_labels, None, d, k, options).unwrap();
+    let matrix = Matrix::new(&queries, &bank, n, m, d, options);
+    check_top_k(
+        "k = 2500",
+        &matrix,
+        &mined,
+        &expected,
+        k,
+        |_, j| b_labels[j as usize] == 1,
+        false,
+        &identical(&bank, d, options),
+    );
+    assert_eq!(
+        mined.iter().filter(|e| e.index == NO_INDEX).count(),
+        n * (k - 1000)
+    );
+}
+
+#[test]
+fn mining_is_bitwise_reproducible() {
+    let (n, m, d) = (40, 150, 7);
+    let queries = rows(n, d, 41);
+    let bank = rows(m, d, 42);
+    let (q_labels, b_labels) = (labels(n, 4, 41), labels(m, 4, 42));
+    let options = DistanceOptions::new(Distance::Cosine);
+    let run = |gpu: &GpuContext| {
+        let top = gpu
+            .top_k_negatives(&queries, &q_labels, &bank, &b_labels, None, d, 20, options)
+            .unwrap();
+        let hard = gpu.batch_hard(&bank, &b_labels, d, options).unwrap();
+        (
+            bytemuck::cast_slice::<Neighbor, u32>(&top).to_vec(),
+            bytemuck::cast_slice::<HardestPair, u32>(&hard).to_vec(),
+        )
+    };
+    assert_eq!(run(gpu()), run(gpu()));
+}
+
+#[test]
+fn bad_input_gives_typed_errors() {
+    let x = vec![0.0f32; 8];
+    let options = DistanceOptions::default();
+    assert!(matches!(
+        gpu().top_k_negatives(&x, &[0, 1], &x, &[0, 1], None, 4, 0, options),
+        Err(Error::ZeroDimension { .. })
+    ));
+    assert!(matches!(
+        gpu().top_k_negatives(&x, &[0, 1, 2], &x, &[0, 1], None, 4, 3, options),
+        Err(Error::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        gpu().batch_hard(&x, &[0, 1], 0, options),
+        Err(Error::ZeroDimension { .. })
+    ));
+    let ids = BankIds {
+        queries: &[1],
+        bank: &[1, 2],
+    };
+    assert!(matches!(
+        gpu().batch_hard_against_bank(&x, &[0, 1], &x, &[0, 1], Some(ids), 4, options),
+        Err(Error::LengthMismatch { .. })
+    ));
+}
