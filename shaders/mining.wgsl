@@ -489,3 +489,79 @@ fn topk_finish(
         neighbors[lp.out_offset + q * lp.k + t] = out;
     }
 }
+
+// ---------------------------------------------------------------------------
+// pair-distance histograms
+// ---------------------------------------------------------------------------
+
+// Ascending bin edges e_0 < ... < e_B (tp.extra = B).
+@group(0) @binding(5) var<storage, read> edges: array<f32>;
+// Counts of this dispatch, similar pairs then dissimilar, B + 2 each:
+// [values below e_0, B bins [e_(t-1), e_t), values at or above e_B].
+@group(0) @binding(6) var<storage, read_write> histogram: array<atomic<u32>>;
+
+// The number of edges at or below `value`: its slot in a histogram row.
+fn bin_of(value: f32) -> u32 {
+    var lo = 0u;
+    var hi = tp.extra + 1u;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        if (edges[mid] <= value) {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+// One 64 x 64 tile of pairs into the histograms. In batch (skip_same_index)
+// each unordered pair counts once (i < j).
+@compute @workgroup_size(16, 16)
+fn pair_histogram(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let acc = tile_sums(row0, col0, lid);
+    let stride = tp.extra + 2u;
+    for (var a = 0u; a < 4u; a = a + 1u) {
+        let i = row0 + lid.y + 16u * a;
+        for (var b = 0u; b < 4u; b = b + 1u) {
+            let j = col0 + lid.x + 16u * b;
+            let once = tp.skip_same_index == 0u || tp.x_first + i < tp.y_first + j;
+            if (considered(i, j) && once) {
+                let similar = meta_x[i].y == meta_y[j].y;
+                let slot = select(stride, 0u, similar) + bin_of(finish(acc[a][b], i, j));
+                atomicAdd(&histogram[slot], 1u);
+            }
+        }
+    }
+}
+
+struct AccumulateParams {
+    entries: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> accumulate_params: AccumulateParams;
+@group(0) @binding(1) var<storage, read_write> dispatch_counts: array<u32>;
+// (low, high) 32-bit halves of the running totals.
+@group(0) @binding(2) var<storage, read_write> totals64: array<vec2<u32>>;
+
+// Adds one dispatch's 32-bit counts to the 64-bit totals and clears them,
+// so no count overflows whatever the number of pairs.
+@compute @workgroup_size(64)
+fn accumulate_histogram(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let t = gid.x;
+    if (t < accumulate_params.entries) {
+        let add = dispatch_counts[t];
+        let old = totals64[t];
+        let low = old.x + add;
+        totals64[t] = vec2<u32>(low, old.y + select(0u, 1u, low < old.x));
+        dispatch_counts[t] = 0u;
+    }
+}

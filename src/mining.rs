@@ -10,6 +10,13 @@
 //!   query's best `k` are merged chunk by chunk, so the bank may be far
 //!   larger than one storage binding and `k` is limited only by memory.
 //!
+//! - Pair-distance statistics ([`GpuContext::pair_histograms`]): over all
+//!   pairs of a batch or of queries against a bank, histograms of the
+//!   distances of similar and of dissimilar pairs in caller-chosen bins,
+//!   and from them the equal-error-rate threshold and ROC points
+//!   ([`PairHistograms`]): what a user needs to choose a margin and a
+//!   verification threshold, without N x M memory.
+//!
 //! "Nearest" is the smallest distance, or the largest similarity for
 //! [`Distance::Dot`](crate::Distance::Dot). Ties go to the smaller index,
 //! so results are deterministic. Where nothing qualifies the index is
@@ -67,6 +74,119 @@ const MAX_COLUMNS_PER_DISPATCH: usize = 16_384;
 /// Bytes of one (key, index) entry.
 const ENTRY_BYTES: u64 = 8;
 
+/// Histograms of the distances of similar and dissimilar pairs.
+///
+/// With bin edges `e_0 < … < e_B`, each histogram has `B + 2` counts: the
+/// values below `e_0`, the `B` bins `[e_(t-1), e_t)`, and the values at or
+/// above `e_B`; no pair is dropped.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PairHistograms {
+    /// The bin edges.
+    pub edges: Vec<f32>,
+    /// Counts of similar pairs.
+    pub positive: Vec<u64>,
+    /// Counts of dissimilar pairs.
+    pub negative: Vec<u64>,
+    /// Whether the values are similarities ([`Distance::Dot`]): then a pair
+    /// is accepted as similar at or above a threshold, not below it.
+    pub similarity: bool,
+}
+
+/// One point of a ROC curve: accepting pairs closer than `threshold` (or,
+/// for a similarity, at least `threshold`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RocPoint {
+    /// The threshold (a bin edge).
+    pub threshold: f32,
+    /// Fraction of dissimilar pairs accepted.
+    pub false_accept_rate: f64,
+    /// Fraction of similar pairs accepted.
+    pub true_accept_rate: f64,
+}
+
+impl PairHistograms {
+    /// `(threshold, FAR, TAR)` at every edge, from accepting nothing to
+    /// accepting all but the outermost slot.
+    pub fn curve(&self) -> Vec<RocPoint> {
+        let total = |h: &[u64]| h.iter().sum::<u64>().max(1) as f64;
+        let (pos_total, neg_total) = (total(&self.positive), total(&self.negative));
+        let slots = self.positive.len();
+        (0..self.edges.len())
+            .map(|t| {
+                // Slots accepted at threshold e_t: below it for a distance
+                // (slots 0..=t), at or above it for a similarity.
+                let accepted = |h: &[u64]| -> u64 {
+                    if self.similarity {
+                        h[t + 1..slots].iter().sum()
+                    } else {
+                        h[..=t].iter().sum()
+                    }
+                };
+                RocPoint {
+                    threshold: self.edges[t],
+                    false_accept_rate: accepted(&self.negative) as f64 / neg_total,
+                    true_accept_rate: accepted(&self.positive) as f64 / pos_total,
+                }
+            })
+            .collect()
+    }
+
+    /// The equal-error rate and its threshold: where the false-accept rate
+    /// meets the false-reject rate `1 - TAR`, interpolated linearly between
+    /// the two edges that bracket it. `None` without both kinds of pairs.
+    pub fn equal_error_rate(&self) -> Option<(f32, f64)> {
+        if self.positive.iter().sum::<u64>() == 0 || self.negative.iter().sum::<u64>() == 0 {
+            return None;
+        }
+        let curve = self.curve();
+        let gap = |p: &RocPoint| p.false_accept_rate - (1.0 - p.true_accept_rate);
+        let mut previous: Option<&RocPoint> = None;
+        for point in &curve {
+            // The gap rises (distances) or falls (similarities) through 0.
+            if let Some(prev) = previous {
+                let (g0, g1) = (gap(prev), gap(point));
+                if g0 == 0.0 {
+                    return Some((prev.threshold, prev.false_accept_rate));
+                }
+                if (g0 < 0.0) != (g1 < 0.0) || g1 == 0.0 {
+                    let w = g0 / (g0 - g1);
+                    let threshold = prev.threshold + (point.threshold - prev.threshold) * w as f32;
+                    let rate = prev.false_accept_rate
+                        + (point.false_accept_rate - prev.false_accept_rate) * w;
+                    return Some((threshold, rate));
+                }
+            }
+            previous = Some(point);
+        }
+        // The rates never cross inside the edges: report the closest edge.
+        curve
+            .iter()
+            .min_by(|a, b| gap(a).abs().total_cmp(&gap(b).abs()))
+            .map(|p| {
+                (
+                    p.threshold,
+                    (p.false_accept_rate + 1.0 - p.true_accept_rate) / 2.0,
+                )
+            })
+    }
+
+    /// For each target false-accept rate, the edge with the highest
+    /// true-accept rate whose false-accept rate does not exceed it.
+    pub fn roc_points(&self, false_accept_rates: &[f64]) -> Vec<Option<RocPoint>> {
+        let curve = self.curve();
+        false_accept_rates
+            .iter()
+            .map(|&target| {
+                curve
+                    .iter()
+                    .filter(|p| p.false_accept_rate <= target)
+                    .max_by(|a, b| a.true_accept_rate.total_cmp(&b.true_accept_rate))
+                    .copied()
+            })
+            .collect()
+    }
+}
+
 /// How far a long mining run has got: bank rows streamed so far, summed
 /// over the blocks of queries, of the total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +242,9 @@ struct MiningWorkspace {
     candidates: GrowableBuffer,
     output: GrowableBuffer,
     staging: GrowableBuffer,
+    edges: GrowableBuffer,
+    histogram32: GrowableBuffer,
+    histogram64: GrowableBuffer,
 }
 
 /// The pipelines of shaders/mining.wgsl and their workspace; one per device.
@@ -131,12 +254,16 @@ pub(crate) struct MiningKernels {
     merge_layout: wgpu::BindGroupLayout,
     init_layout: wgpu::BindGroupLayout,
     finish_layout: wgpu::BindGroupLayout,
+    histogram_layout: wgpu::BindGroupLayout,
+    accumulate_layout: wgpu::BindGroupLayout,
     /// Per [`Distance::shader_code`].
     batch_hard: Vec<wgpu::ComputePipeline>,
     topk_filter: Vec<wgpu::ComputePipeline>,
     topk_merge: wgpu::ComputePipeline,
     topk_init: wgpu::ComputePipeline,
     topk_finish: wgpu::ComputePipeline,
+    pair_histogram: Vec<wgpu::ComputePipeline>,
+    accumulate_histogram: wgpu::ComputePipeline,
     workspace: Mutex<MiningWorkspace>,
 }
 
@@ -168,6 +295,16 @@ impl MiningKernels {
         );
         let finish_layout =
             bind_group_layout(device, "mining.topk_finish", &[UNIFORM, READ, READ_WRITE]);
+        let histogram_layout = bind_group_layout(
+            device,
+            "mining.pair_histogram",
+            &[&tile[..], &[READ, READ_WRITE]].concat(),
+        );
+        let accumulate_layout = bind_group_layout(
+            device,
+            "mining.accumulate_histogram",
+            &[UNIFORM, READ_WRITE, READ_WRITE],
+        );
         let kinds: Vec<[(&str, f64); 1]> = Distance::ALL
             .iter()
             .map(|kind| [("DISTANCE_KIND", f64::from(kind.shader_code()))])
@@ -176,6 +313,7 @@ impl MiningKernels {
         for (entry_point, layout) in [
             ("batch_hard", &hard_layout),
             ("topk_filter", &filter_layout),
+            ("pair_histogram", &histogram_layout),
         ] {
             for constants in &kinds {
                 specs.push(PipelineSpec {
@@ -189,6 +327,7 @@ impl MiningKernels {
             ("topk_merge", &merge_layout),
             ("topk_init", &init_layout),
             ("topk_finish", &finish_layout),
+            ("accumulate_histogram", &accumulate_layout),
         ] {
             specs.push(PipelineSpec {
                 entry_point,
@@ -207,6 +346,7 @@ impl MiningKernels {
         };
         let batch_hard = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
         let topk_filter = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
+        let pair_histogram = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
         let storage = wgpu::BufferUsages::STORAGE;
         let upload = |label| GrowableBuffer::new(label, storage | wgpu::BufferUsages::COPY_DST);
         let plain = |label| GrowableBuffer::new(label, storage);
@@ -214,6 +354,10 @@ impl MiningKernels {
             topk_merge: next()?,
             topk_init: next()?,
             topk_finish: next()?,
+            accumulate_histogram: next()?,
+            pair_histogram,
+            histogram_layout,
+            accumulate_layout,
             batch_hard,
             topk_filter,
             hard_layout,
@@ -243,6 +387,12 @@ impl MiningKernels {
                 staging: GrowableBuffer::new(
                     "mining.staging",
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                ),
+                edges: upload("mining.edges"),
+                histogram32: upload("mining.histogram32"),
+                histogram64: GrowableBuffer::new(
+                    "mining.histogram64",
+                    storage | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
                 ),
             }),
         })
@@ -797,6 +947,252 @@ impl GpuContext {
             Ok(())
         })?;
         Ok(result)
+    }
+}
+
+/// Mirrors `AccumulateParams` in shaders/mining.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct AccumulateParams {
+    entries: u32,
+    _pad: [u32; 3],
+}
+
+/// Checks that bin edges are finite and strictly increasing, at least two.
+pub(crate) fn check_edges(edges: &[f32]) -> Result<()> {
+    if edges.len() < 2 {
+        return Err(Error::InvalidValue {
+            what: "edges",
+            index: edges.len(),
+            value: format!("{} edges", edges.len()),
+            expected: "at least 2 bin edges are needed",
+        });
+    }
+    for (index, pair) in edges.windows(2).enumerate() {
+        if !(pair[0].is_finite() && pair[1].is_finite() && pair[0] < pair[1]) {
+            return Err(Error::InvalidValue {
+                what: "edges",
+                index: index + 1,
+                value: pair[1].to_string(),
+                expected: "bin edges must be finite and strictly increasing",
+            });
+        }
+    }
+    Ok(())
+}
+
+impl GpuContext {
+    /// Histograms of the distances of all unordered pairs `i < j` of the
+    /// batch `x` (`n x d`), similar pairs (equal labels) and dissimilar pairs
+    /// apart, over the bins between `edges`.
+    pub fn pair_histograms(
+        &self,
+        x: &[f32],
+        labels: &[u32],
+        d: usize,
+        options: DistanceOptions,
+        edges: &[f32],
+    ) -> Result<PairHistograms> {
+        let set = HostSet {
+            rows: x,
+            labels,
+            ids: None,
+        };
+        self.histograms_impl(set, None, d, options, edges)
+    }
+
+    /// Histograms of the distances of every query x bank pair (skipping
+    /// equal ids when `ids` is given), similar and dissimilar apart.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pair_histograms_against_bank(
+        &self,
+        queries: &[f32],
+        query_labels: &[u32],
+        bank: &[f32],
+        bank_labels: &[u32],
+        ids: Option<BankIds<'_>>,
+        d: usize,
+        options: DistanceOptions,
+        edges: &[f32],
+    ) -> Result<PairHistograms> {
+        let x = HostSet {
+            rows: queries,
+            labels: query_labels,
+            ids: ids.map(|i| i.queries),
+        };
+        let y = HostSet {
+            rows: bank,
+            labels: bank_labels,
+            ids: ids.map(|i| i.bank),
+        };
+        self.histograms_impl(x, Some(y), d, options, edges)
+    }
+
+    fn histograms_impl(
+        &self,
+        x: HostSet<'_>,
+        y: Option<HostSet<'_>>,
+        d: usize,
+        options: DistanceOptions,
+        edges: &[f32],
+    ) -> Result<PairHistograms> {
+        check_edges(edges)?;
+        let n = x.labels.len();
+        check_set("anchors", n, d, x)?;
+        let in_batch = y.is_none();
+        let y = y.unwrap_or(x);
+        let m = y.labels.len();
+        check_set("bank", m, d, y)?;
+        let kernels = self.mining_kernels()?;
+        let limits = self.chunk_limits();
+        let max_groups = limits.max_workgroups_per_dimension as usize;
+        let vd = vec_dim(d);
+        let max_rows = rows_per_dispatch(self, d)?;
+        let col_chunk = max_rows.min(max_groups * TILE);
+        let budget_rows = (MAX_DISPATCH_WORK / (col_chunk.min(m) as u64 * vd as u64)).max(1);
+        let row_chunk = max_rows
+            .min(budget_rows as usize)
+            .min(max_groups * TILE)
+            .max(1);
+        let bins = edges.len() - 1;
+        let entries = 2 * (bins + 2);
+        let pipeline = &kernels.pair_histogram[options.distance.shader_code() as usize];
+        let mut ws = kernels.lock_workspace();
+        let mut totals = Vec::new();
+        self.with_error_scope("computing pair-distance histograms", || {
+            let device = self.device();
+            let queue = self.queue();
+            let ws = &mut *ws;
+            let max_buffer = limits.max_buffer_bytes;
+            let edge_buffer = ws.edges.ensure(device, bytes_of(edges.len()), max_buffer)?;
+            queue.write_buffer(&edge_buffer, 0, bytemuck::cast_slice(edges));
+            let counts32 = ws
+                .histogram32
+                .ensure(device, bytes_of(entries), max_buffer)?;
+            let counts64 = ws
+                .histogram64
+                .ensure(device, bytes_of(2 * entries), max_buffer)?;
+            let mut encoder = device.create_command_encoder(&Default::default());
+            encoder.clear_buffer(&counts32, 0, Some(bytes_of(entries)));
+            encoder.clear_buffer(&counts64, 0, Some(bytes_of(2 * entries)));
+            for x0 in (0..n).step_by(row_chunk) {
+                let rows = row_chunk.min(n - x0);
+                for y0 in (0..m).step_by(col_chunk) {
+                    let cols = col_chunk.min(m - y0);
+                    if in_batch && y0 + cols <= x0 {
+                        continue; // every pair here has j < i
+                    }
+                    let (prepared_x, meta_x) = upload_and_prepare(
+                        self,
+                        &mut encoder,
+                        x,
+                        (x0, rows, d),
+                        options,
+                        [
+                            &mut ws.upload_x,
+                            &mut ws.upload_x_labels,
+                            &mut ws.upload_x_ids,
+                        ],
+                        (&mut ws.prepared_x, &mut ws.meta_x),
+                    )?;
+                    let (prepared_y, meta_y) = upload_and_prepare(
+                        self,
+                        &mut encoder,
+                        y,
+                        (y0, cols, d),
+                        options,
+                        [
+                            &mut ws.upload_y,
+                            &mut ws.upload_y_labels,
+                            &mut ws.upload_y_ids,
+                        ],
+                        (&mut ws.prepared_y, &mut ws.meta_y),
+                    )?;
+                    let params = TileParams {
+                        rows: to_u32(rows, "rows")?,
+                        cols: to_u32(cols, "rows")?,
+                        vec_dim: to_u32(vd, "D / 4")?,
+                        x_first: to_u32(x0, "rows")?,
+                        y_first: to_u32(y0, "rows")?,
+                        skip_same_index: u32::from(in_batch),
+                        skip_same_id: u32::from(x.ids.is_some()),
+                        extra: to_u32(bins, "bins")?,
+                    };
+                    let params_buffer = uniform_buffer(device, "mining.tile_params", &params);
+                    let group = bind_group(
+                        device,
+                        "mining.pair_histogram",
+                        &kernels.histogram_layout,
+                        vec![
+                            params_buffer.as_entire_binding(),
+                            sized_binding(&prepared_x, prepared_bytes(rows, vd)),
+                            sized_binding(&prepared_y, prepared_bytes(cols, vd)),
+                            sized_binding(&meta_x, meta_bytes(rows)),
+                            sized_binding(&meta_y, meta_bytes(cols)),
+                            sized_binding(&edge_buffer, bytes_of(edges.len())),
+                            sized_binding(&counts32, bytes_of(entries)),
+                        ],
+                    );
+                    let groups = (
+                        to_u32(cols.div_ceil(TILE), "workgroups")?,
+                        to_u32(rows.div_ceil(TILE), "workgroups")?,
+                    );
+                    dispatch(
+                        &mut encoder,
+                        "mining.pair_histogram",
+                        pipeline,
+                        &group,
+                        groups,
+                    );
+                    let params = AccumulateParams {
+                        entries: to_u32(entries, "bins")?,
+                        _pad: [0; 3],
+                    };
+                    let params_buffer = uniform_buffer(device, "mining.accumulate_params", &params);
+                    let group = bind_group(
+                        device,
+                        "mining.accumulate_histogram",
+                        &kernels.accumulate_layout,
+                        vec![
+                            params_buffer.as_entire_binding(),
+                            sized_binding(&counts32, bytes_of(entries)),
+                            sized_binding(&counts64, bytes_of(2 * entries)),
+                        ],
+                    );
+                    let groups = (to_u32(entries.div_ceil(64), "workgroups")?, 1);
+                    dispatch(
+                        &mut encoder,
+                        "mining.accumulate_histogram",
+                        &kernels.accumulate_histogram,
+                        &group,
+                        groups,
+                    );
+                    let done = std::mem::replace(
+                        &mut encoder,
+                        device.create_command_encoder(&Default::default()),
+                    );
+                    queue.submit([done.finish()]);
+                    self.wait_idle()?;
+                }
+            }
+            let staging = ws
+                .staging
+                .ensure(device, bytes_of(2 * entries), max_buffer)?;
+            encoder.copy_buffer_to_buffer(&counts64, 0, &staging, 0, bytes_of(2 * entries));
+            queue.submit([encoder.finish()]);
+            totals = self.read_back::<[u32; 2]>(&staging, bytes_of(2 * entries))?;
+            Ok(())
+        })?;
+        let counts: Vec<u64> = totals
+            .iter()
+            .map(|&[low, high]| u64::from(low) | (u64::from(high) << 32))
+            .collect();
+        Ok(PairHistograms {
+            edges: edges.to_vec(),
+            positive: counts[..bins + 2].to_vec(),
+            negative: counts[bins + 2..].to_vec(),
+            similarity: options.distance.is_similarity(),
+        })
     }
 }
 

@@ -476,3 +476,118 @@ fn bad_input_gives_typed_errors() {
         Err(Error::LengthMismatch { .. })
     ));
 }
+
+/// Edges halfway (in squared distance) between the distances grid rows can
+/// have, so no distance lies within rounding of an edge and GPU and CPU
+/// histograms must agree exactly.
+fn safe_edges(options: DistanceOptions) -> Vec<f32> {
+    (0..60)
+        .map(|k| {
+            let squared = (k as f64 + 0.5) / 4.0;
+            match options.distance {
+                Distance::SquaredEuclidean => squared as f32,
+                _ => squared.sqrt() as f32,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn pair_histograms_match_the_cpu_histograms_exactly() {
+    let (n, d) = (150, 5);
+    let x = rows(n, d, 61);
+    let batch_labels = labels(n, 4, 61);
+    for options in [
+        DistanceOptions::new(Distance::SquaredEuclidean),
+        DistanceOptions::new(Distance::Euclidean),
+    ] {
+        let edges = safe_edges(options);
+        for gpu in [gpu(), gpu_with_small_chunks()] {
+            let found = gpu
+                .pair_histograms(&x, &batch_labels, d, options, &edges)
+                .unwrap();
+            let expected = cpu::pair_histograms(&x, &batch_labels, d, options, &edges).unwrap();
+            assert_eq!(found, expected, "{options:?}");
+            let pairs: u64 = found.positive.iter().chain(&found.negative).sum();
+            assert_eq!(pairs, (n * (n - 1) / 2) as u64, "every unordered pair once");
+        }
+    }
+    // Queries against a bank, skipping equal ids.
+    let (m, options) = (230, DistanceOptions::new(Distance::Euclidean));
+    let bank = rows(m, d, 62);
+    let bank_labels = labels(m, 4, 62);
+    let query_ids: Vec<u32> = (0..n as u32).collect();
+    let bank_ids: Vec<u32> = (0..m as u32).map(|j| j / 2).collect();
+    let ids = BankIds {
+        queries: &query_ids,
+        bank: &bank_ids,
+    };
+    let edges = safe_edges(options);
+    let found = gpu()
+        .pair_histograms_against_bank(
+            &x,
+            &batch_labels,
+            &bank,
+            &bank_labels,
+            Some(ids),
+            d,
+            options,
+            &edges,
+        )
+        .unwrap();
+    let expected = cpu::pair_histograms_against_bank(
+        &x,
+        &batch_labels,
+        &bank,
+        &bank_labels,
+        Some(ids),
+        d,
+        options,
+        &edges,
+    )
+    .unwrap();
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn equal_error_rate_and_roc_points_from_histograms() {
+    use contrastive_wgpu::mining::PairHistograms;
+    // Similar pairs mostly below 1, dissimilar mostly above.
+    let histograms = PairHistograms {
+        edges: vec![0.0, 0.5, 1.0, 1.5, 2.0],
+        positive: vec![0, 40, 40, 15, 5, 0],
+        negative: vec![0, 0, 10, 30, 60, 0],
+        similarity: false,
+    };
+    let curve = histograms.curve();
+    assert_eq!(curve[2].true_accept_rate, 0.8); // below 1.0: 40 + 40 of 100
+    assert_eq!(curve[2].false_accept_rate, 0.1);
+    let (threshold, rate) = histograms.equal_error_rate().unwrap();
+    // At 1.0: FAR 0.1 < FRR 0.2; at 1.5: FAR 0.4 > FRR 0.05. Linear: w = 0.1 / 0.45.
+    assert!(
+        (f64::from(threshold) - (1.0 + 0.5 * 0.1 / 0.45)).abs() < 1e-6,
+        "{threshold}"
+    );
+    assert!((rate - (0.1 + 0.3 * 0.1 / 0.45)).abs() < 1e-9, "{rate}");
+    let roc = histograms.roc_points(&[0.0, 0.1, 0.5]);
+    assert_eq!(roc[0].unwrap().true_accept_rate, 0.4);
+    assert_eq!(roc[1].unwrap().threshold, 1.0);
+    assert_eq!(roc[2].unwrap().true_accept_rate, 0.95);
+    assert!(histograms.roc_points(&[-1.0])[0].is_none());
+}
+
+#[test]
+fn bad_bin_edges_are_typed_errors() {
+    let x = vec![0.0f32; 8];
+    for edges in [
+        vec![1.0f32],
+        vec![0.0, 0.0],
+        vec![0.0, f32::NAN],
+        vec![2.0, 1.0],
+    ] {
+        assert!(matches!(
+            gpu().pair_histograms(&x, &[0, 1], 4, DistanceOptions::default(), &edges),
+            Err(Error::InvalidValue { what: "edges", .. })
+        ));
+    }
+}

@@ -12,7 +12,7 @@ use super::rows::prepare_rows;
 use crate::distance::{check_len, Distance, DistanceOptions};
 use crate::error::{Error, Result};
 use crate::loss::BankIds;
-use crate::mining::{HardestPair, Neighbor, NO_INDEX};
+use crate::mining::{HardestPair, Neighbor, PairHistograms, NO_INDEX};
 
 /// Prepared rows and norms of one set, for pair distances.
 struct Set {
@@ -243,4 +243,97 @@ pub fn distance_of<T: Copy + Into<f64> + Sync>(
     let q = Set::new(&queries[i * d..(i + 1) * d], d, options);
     let b = Set::new(&bank[j * d..(j + 1) * d], d, options);
     q.distance(0, &b, 0, options)
+}
+
+/// The slot of `value` in a histogram over `edges`: the number of edges at
+/// or below it (mirror of `bin_of`).
+fn bin_of(edges: &[f32], value: f64) -> usize {
+    edges.partition_point(|&e| f64::from(e) <= value)
+}
+
+/// Mirror of `pair_histogram` in a batch: every unordered pair `i < j`.
+pub fn pair_histograms<T: Copy + Into<f64> + Sync>(
+    x: &[T],
+    labels: &[u32],
+    d: usize,
+    options: DistanceOptions,
+    edges: &[f32],
+) -> Result<PairHistograms> {
+    let n = labels.len();
+    check_rows("X (the batch)", n, d, x.len())?;
+    let set = Set::new(x, d, options);
+    histograms(options, edges, n, |i| {
+        ((i + 1)..n)
+            .map(|j| (set.distance(i, &set, j, options), labels[i] == labels[j]))
+            .collect()
+    })
+}
+
+/// Mirror of `pair_histogram` for queries against a bank.
+#[allow(clippy::too_many_arguments)]
+pub fn pair_histograms_against_bank<T: Copy + Into<f64> + Sync>(
+    queries: &[T],
+    query_labels: &[u32],
+    bank: &[T],
+    bank_labels: &[u32],
+    ids: Option<BankIds<'_>>,
+    d: usize,
+    options: DistanceOptions,
+    edges: &[f32],
+) -> Result<PairHistograms> {
+    let (n, m) = (query_labels.len(), bank_labels.len());
+    check_rows("queries", n, d, queries.len())?;
+    check_rows("bank", m, d, bank.len())?;
+    check_ids(ids, n, m)?;
+    let q = Set::new(queries, d, options);
+    let b = Set::new(bank, d, options);
+    histograms(options, edges, n, |i| {
+        (0..m)
+            .filter(|&j| ids.is_none_or(|ids| ids.queries[i] != ids.bank[j]))
+            .map(|j| {
+                (
+                    q.distance(i, &b, j, options),
+                    query_labels[i] == bank_labels[j],
+                )
+            })
+            .collect()
+    })
+}
+
+fn histograms(
+    options: DistanceOptions,
+    edges: &[f32],
+    n: usize,
+    pairs_of: impl Fn(usize) -> Vec<(f64, bool)> + Sync,
+) -> Result<PairHistograms> {
+    crate::mining::check_edges(edges)?;
+    let slots = edges.len() + 1;
+    let rows: Vec<(Vec<u64>, Vec<u64>)> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut positive = vec![0u64; slots];
+            let mut negative = vec![0u64; slots];
+            for (distance, similar) in pairs_of(i) {
+                let slot = bin_of(edges, distance);
+                if similar {
+                    positive[slot] += 1;
+                } else {
+                    negative[slot] += 1;
+                }
+            }
+            (positive, negative)
+        })
+        .collect();
+    let mut positive = vec![0u64; slots];
+    let mut negative = vec![0u64; slots];
+    for (p, q) in rows {
+        positive.iter_mut().zip(p).for_each(|(a, b)| *a += b);
+        negative.iter_mut().zip(q).for_each(|(a, b)| *a += b);
+    }
+    Ok(PairHistograms {
+        edges: edges.to_vec(),
+        positive,
+        negative,
+        similarity: options.distance.is_similarity(),
+    })
 }
