@@ -467,9 +467,9 @@ fn pairs_forward(
     var loss = 0.0;
     var similar = false;
     var valid = p < pf.pairs;
+    var i = p;
+    var j = p;
     if (valid) {
-        var i = p;
-        var j = p;
         if (pf.explicit_pairs != 0u) {
             similar = pf_meta_x[p].y != 0u;
         } else {
@@ -477,7 +477,12 @@ fn pairs_forward(
             i = pair.x;
             j = pair.y;
             similar = pair.z != 0u;
+            // Label 0xffffffff: no pair (a miner found none); it counts
+            // nowhere and its coefficient is 0.
+            valid = pair.z != 0xffffffffu;
         }
+    }
+    if (valid) {
         var sum = 0.0;
         for (var v = 0u; v < vec_dim; v = v + 1u) {
             let diff = pf_rows_x[i * vec_dim + v] - pf_rows_y[j * vec_dim + v];
@@ -498,6 +503,8 @@ fn pairs_forward(
         let c = coefficient(pf.shape, d, terms.y, similar, zero_norm);
         loss = terms.x;
         pf_pair_values[p] = vec4<f32>(loss, c, select(0.0, 1.0, similar), d);
+    } else if (p < pf.pairs) {
+        pf_pair_values[p] = vec4<f32>(0.0);
     }
     let is_pos = valid && similar;
     let is_neg = valid && !similar;

@@ -565,3 +565,36 @@ fn accumulate_histogram(@builtin(global_invocation_id) gid: vec3<u32>) {
         dispatch_counts[t] = 0u;
     }
 }
+
+// ---------------------------------------------------------------------------
+// hardest_to_pairs: batch-hard results as an index list for the loss
+// ---------------------------------------------------------------------------
+
+struct ConvertParams {
+    rows: u32,
+    grid_width: u32,
+    row_base: u32,
+    _pad0: u32,
+}
+
+@group(0) @binding(0) var<uniform> cp: ConvertParams;
+@group(0) @binding(1) var<storage, read> mined: array<vec4<u32>>;
+// Two index pairs per anchor: (a, positive, 1, 0), (a, negative, 0, 0);
+// label 0xffffffff (no pair) where the miner found none.
+@group(0) @binding(2) var<storage, read_write> mined_pairs: array<vec4<u32>>;
+
+@compute @workgroup_size(64)
+fn hardest_to_pairs(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let a = cp.row_base + (wid.x + wid.y * cp.grid_width) * 64u + local;
+    if (a >= cp.rows) {
+        return;
+    }
+    let hard = mined[a];
+    let positive = select(hard.x, a, hard.x == NONE);
+    let negative = select(hard.z, a, hard.z == NONE);
+    mined_pairs[2u * a] = vec4<u32>(a, positive, select(1u, NONE, hard.x == NONE), 0u);
+    mined_pairs[2u * a + 1u] = vec4<u32>(a, negative, select(0u, NONE, hard.z == NONE), 0u);
+}

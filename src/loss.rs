@@ -395,7 +395,8 @@ pub struct BankIds<'a> {
 }
 
 /// One `(i, j, y)` triple of an index list: rows `i` and `j` of the batch,
-/// `label` 1 similar, 0 dissimilar. On the device a pair is 4 `u32`:
+/// `label` 1 similar, 0 dissimilar, or `u32::MAX`: no pair (a miner found
+/// none; it counts nowhere). On the device a pair is 4 `u32`:
 /// `first, second, label, 0` (see [`IndexPair::to_device`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IndexPair {
@@ -403,7 +404,7 @@ pub struct IndexPair {
     pub first: u32,
     /// Second row.
     pub second: u32,
-    /// 1: similar; 0: dissimilar.
+    /// 1: similar; 0: dissimilar; `u32::MAX`: no pair.
     pub label: u32,
 }
 
@@ -2251,6 +2252,9 @@ impl Uploads {
 
 fn check_index_pairs(pairs: &[IndexPair], n: usize) -> Result<()> {
     for (index, pair) in pairs.iter().enumerate() {
+        if pair.label == crate::mining::NO_INDEX {
+            continue;
+        }
         for row in [pair.first, pair.second] {
             if row as usize >= n {
                 return Err(Error::InvalidValue {
@@ -2262,5 +2266,11 @@ fn check_index_pairs(pairs: &[IndexPair], n: usize) -> Result<()> {
             }
         }
     }
-    check_pair_labels("pairs.label", pairs.iter().map(|p| p.label))
+    check_pair_labels(
+        "pairs.label",
+        pairs
+            .iter()
+            .map(|p| p.label)
+            .filter(|&l| l != crate::mining::NO_INDEX),
+    )
 }

@@ -256,6 +256,7 @@ pub(crate) struct MiningKernels {
     finish_layout: wgpu::BindGroupLayout,
     histogram_layout: wgpu::BindGroupLayout,
     accumulate_layout: wgpu::BindGroupLayout,
+    convert_layout: wgpu::BindGroupLayout,
     /// Per [`Distance::shader_code`].
     batch_hard: Vec<wgpu::ComputePipeline>,
     topk_filter: Vec<wgpu::ComputePipeline>,
@@ -264,6 +265,7 @@ pub(crate) struct MiningKernels {
     topk_finish: wgpu::ComputePipeline,
     pair_histogram: Vec<wgpu::ComputePipeline>,
     accumulate_histogram: wgpu::ComputePipeline,
+    hardest_to_pairs: wgpu::ComputePipeline,
     workspace: Mutex<MiningWorkspace>,
 }
 
@@ -300,6 +302,11 @@ impl MiningKernels {
             "mining.pair_histogram",
             &[&tile[..], &[READ, READ_WRITE]].concat(),
         );
+        let convert_layout = bind_group_layout(
+            device,
+            "mining.hardest_to_pairs",
+            &[UNIFORM, READ, READ_WRITE],
+        );
         let accumulate_layout = bind_group_layout(
             device,
             "mining.accumulate_histogram",
@@ -328,6 +335,7 @@ impl MiningKernels {
             ("topk_init", &init_layout),
             ("topk_finish", &finish_layout),
             ("accumulate_histogram", &accumulate_layout),
+            ("hardest_to_pairs", &convert_layout),
         ] {
             specs.push(PipelineSpec {
                 entry_point,
@@ -355,6 +363,8 @@ impl MiningKernels {
             topk_init: next()?,
             topk_finish: next()?,
             accumulate_histogram: next()?,
+            hardest_to_pairs: next()?,
+            convert_layout,
             pair_histogram,
             histogram_layout,
             accumulate_layout,
@@ -413,9 +423,67 @@ struct HostSet<'a> {
     ids: Option<&'a [u32]>,
 }
 
+/// Where one side's rows come from.
+#[derive(Clone, Copy)]
+enum Side<'a> {
+    /// Host slices, uploaded chunk by chunk.
+    Host(HostSet<'a>),
+    /// Caller-owned device buffers: rows, labels, optional ids.
+    Device(&'a wgpu::Buffer, &'a wgpu::Buffer, Option<&'a wgpu::Buffer>),
+}
+
+/// Prepares rows `first..first + count` of `side` into `prepared`/`meta`
+/// from row 0, uploading them first when they are on the host.
+#[allow(clippy::too_many_arguments)]
+fn prepare_side(
+    ctx: &GpuContext,
+    encoder: &mut wgpu::CommandEncoder,
+    side: Side<'_>,
+    (first, count, d): (usize, usize, usize),
+    options: DistanceOptions,
+    uploads: [&mut GrowableBuffer; 3],
+    targets: (&mut GrowableBuffer, &mut GrowableBuffer),
+) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    match side {
+        Side::Host(set) => upload_and_prepare(
+            ctx,
+            encoder,
+            set,
+            (first, count, d),
+            options,
+            uploads,
+            targets,
+        ),
+        Side::Device(rows, labels, ids) => {
+            let max_buffer = ctx.chunk_limits().max_buffer_bytes;
+            let device = ctx.device();
+            let prepared =
+                targets
+                    .0
+                    .ensure(device, prepared_bytes(count, vec_dim(d)), max_buffer)?;
+            let meta = targets.1.ensure(device, meta_bytes(count), max_buffer)?;
+            let source = RowSource {
+                buffer: rows,
+                first_row: first,
+                rows: count,
+                dim: d,
+                labels: Some(labels),
+                ids,
+            };
+            let target = PreparedTarget {
+                rows: &prepared,
+                meta: &meta,
+                first_row: 0,
+            };
+            ctx.row_kernels()?
+                .record(ctx, encoder, source, options.normalizes_rows(), target)?;
+            Ok((prepared, meta))
+        }
+    }
+}
+
 /// Uploads rows `first..first + count` of `set` and prepares them into
 /// `prepared`/`meta` from row 0.
-#[allow(clippy::too_many_arguments)]
 fn upload_and_prepare(
     ctx: &GpuContext,
     encoder: &mut wgpu::CommandEncoder,
@@ -567,87 +635,39 @@ impl GpuContext {
         let m = y.labels.len();
         check_set("bank", m, d, y)?;
         let kernels = self.mining_kernels()?;
-        let limits = self.chunk_limits();
-        let vd = vec_dim(d);
-        let max_rows = rows_per_dispatch(self, d)?;
-        let col_chunk = max_rows.min(MAX_COLUMNS_PER_DISPATCH);
-        let budget_rows = (MAX_DISPATCH_WORK / (col_chunk.min(m) as u64 * vd as u64)).max(1);
-        let row_chunk = max_rows.min(budget_rows as usize).max(1);
-        let output_bytes = (std::mem::size_of::<HardestPair>() * row_chunk) as u64;
-        let pipeline = &kernels.batch_hard[options.distance.shader_code() as usize];
+        let plan = HardPlan::new(self, d, m)?;
+        let max_buffer = self.chunk_limits().max_buffer_bytes;
         let mut ws = kernels.lock_workspace();
         let mut result = Vec::with_capacity(n);
         self.with_error_scope("mining batch-hard pairs", || {
             let device = self.device();
             let ws = &mut *ws;
-            for x0 in (0..n).step_by(row_chunk) {
-                let rows = row_chunk.min(n - x0);
-                let out = ws
-                    .output
-                    .ensure(device, output_bytes, limits.max_buffer_bytes)?;
-                for (index, y0) in (0..m).step_by(col_chunk).enumerate() {
-                    let cols = col_chunk.min(m - y0);
+            for x0 in (0..n).step_by(plan.row_chunk) {
+                let rows = plan.row_chunk.min(n - x0);
+                let bytes = hardest_bytes(rows);
+                let out = ws.output.ensure(device, bytes, max_buffer)?;
+                for (index, y0) in (0..m).step_by(plan.col_chunk).enumerate() {
                     let mut encoder = device.create_command_encoder(&Default::default());
-                    let (prepared_x, meta_x) = upload_and_prepare(
-                        self,
-                        &mut encoder,
-                        x,
-                        (x0, rows, d),
-                        options,
-                        [
-                            &mut ws.upload_x,
-                            &mut ws.upload_x_labels,
-                            &mut ws.upload_x_ids,
-                        ],
-                        (&mut ws.prepared_x, &mut ws.meta_x),
-                    )?;
-                    let (prepared_y, meta_y) = upload_and_prepare(
-                        self,
-                        &mut encoder,
-                        y,
-                        (y0, cols, d),
-                        options,
-                        [
-                            &mut ws.upload_y,
-                            &mut ws.upload_y_labels,
-                            &mut ws.upload_y_ids,
-                        ],
-                        (&mut ws.prepared_y, &mut ws.meta_y),
-                    )?;
-                    let params = TileParams {
-                        rows: to_u32(rows, "rows")?,
-                        cols: to_u32(cols, "rows")?,
-                        vec_dim: to_u32(vd, "D / 4")?,
-                        x_first: to_u32(x0, "rows")?,
-                        y_first: to_u32(y0, "rows")?,
-                        skip_same_index: u32::from(in_batch),
-                        skip_same_id: u32::from(x.ids.is_some()),
-                        extra: u32::from(index > 0),
+                    let block = HardBlock {
+                        x: (x0, rows),
+                        y: (y0, plan.col_chunk.min(m - y0)),
+                        first_of_row: index == 0,
+                        in_batch,
+                        skip_same_id: x.ids.is_some(),
                     };
-                    let params_buffer = uniform_buffer(device, "mining.tile_params", &params);
-                    let group = bind_group(
-                        device,
-                        "mining.batch_hard",
-                        &kernels.hard_layout,
-                        vec![
-                            params_buffer.as_entire_binding(),
-                            sized_binding(&prepared_x, prepared_bytes(rows, vd)),
-                            sized_binding(&prepared_y, prepared_bytes(cols, vd)),
-                            sized_binding(&meta_x, meta_bytes(rows)),
-                            sized_binding(&meta_y, meta_bytes(cols)),
-                            sized_binding(&out, output_bytes),
-                        ],
-                    );
-                    let groups = (to_u32(rows.div_ceil(TILE), "workgroups")?, 1);
-                    dispatch(&mut encoder, "mining.batch_hard", pipeline, &group, groups);
+                    kernels.record_batch_hard_block(
+                        self,
+                        &mut encoder,
+                        ws,
+                        (Side::Host(x), Side::Host(y)),
+                        (block, d, options),
+                        (&out, 0),
+                    )?;
                     self.queue().submit([encoder.finish()]);
                     self.wait_idle()?;
                 }
-                let staging = ws
-                    .staging
-                    .ensure(device, output_bytes, limits.max_buffer_bytes)?;
+                let staging = ws.staging.ensure(device, bytes, max_buffer)?;
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let bytes = (std::mem::size_of::<HardestPair>() * rows) as u64;
                 encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, bytes);
                 self.queue().submit([encoder.finish()]);
                 result.extend(self.read_back::<HardestPair>(&staging, bytes)?);
@@ -655,6 +675,104 @@ impl GpuContext {
             Ok(())
         })?;
         Ok(result)
+    }
+
+    /// Records the conversion of `n` batch-hard results (`hardest`, as
+    /// [`GpuContext::record_batch_hard`] leaves them) into `2 n` index pairs
+    /// for [`GpuContext::record_contrastive_index_pairs`]: per anchor `a`,
+    /// `(a, positive, 1)` and `(a, negative, 0)`, with label `u32::MAX` (no
+    /// pair: it counts nowhere) where the miner found none. The mined pairs
+    /// never leave the device.
+    pub fn record_hardest_pairs(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        hardest: &wgpu::Buffer,
+        pairs: &wgpu::Buffer,
+        n: usize,
+    ) -> Result<()> {
+        if n == 0 {
+            return Err(Error::ZeroDimension { name: "anchors" });
+        }
+        let storage = wgpu::BufferUsages::STORAGE;
+        crate::binding::check_buffer("hardest", hardest, 4 * n, storage)?;
+        crate::binding::check_buffer("pairs", pairs, 8 * n, storage)?;
+        let kernels = self.mining_kernels()?;
+        let device = self.device();
+        for_each_dispatch(
+            n,
+            64,
+            self.chunk_limits().max_workgroups_per_dimension,
+            |base, _, grid| {
+                let params = [to_u32(n, "rows")?, grid.0, to_u32(base, "rows")?, 0];
+                let params_buffer = uniform_buffer(device, "mining.convert_params", &params);
+                let group = bind_group(
+                    device,
+                    "mining.hardest_to_pairs",
+                    &kernels.convert_layout,
+                    vec![
+                        params_buffer.as_entire_binding(),
+                        sized_binding(hardest, hardest_bytes(n)),
+                        sized_binding(pairs, 2 * hardest_bytes(n)),
+                    ],
+                );
+                dispatch(
+                    encoder,
+                    "mining.hardest_to_pairs",
+                    &kernels.hardest_to_pairs,
+                    &group,
+                    grid,
+                );
+                Ok(())
+            },
+        )
+    }
+
+    /// Records batch-hard mining in a batch on the caller's buffers: `x`
+    /// (`n x d` `f32`), `labels` (`n` `u32`), and `out`, which receives one
+    /// [`HardestPair`] (16 bytes) per row. Nothing is submitted.
+    pub fn record_batch_hard(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        buffers: BatchHardBuffers<'_>,
+        (n, d): (usize, usize),
+        options: DistanceOptions,
+    ) -> Result<()> {
+        if d == 0 {
+            return Err(Error::ZeroDimension {
+                name: "D (values per row)",
+            });
+        }
+        if n == 0 {
+            return Err(Error::ZeroDimension { name: "anchors" });
+        }
+        let storage = wgpu::BufferUsages::STORAGE;
+        crate::binding::check_buffer("x", buffers.x, n * d, storage)?;
+        crate::binding::check_buffer("labels", buffers.labels, n, storage)?;
+        crate::binding::check_buffer("out", buffers.out, 4 * n, storage)?;
+        let kernels = self.mining_kernels()?;
+        let plan = HardPlan::new(self, d, n)?;
+        let mut ws = kernels.lock_workspace();
+        let side = Side::Device(buffers.x, buffers.labels, None);
+        for x0 in (0..n).step_by(plan.row_chunk) {
+            for (index, y0) in (0..n).step_by(plan.col_chunk).enumerate() {
+                let block = HardBlock {
+                    x: (x0, plan.row_chunk.min(n - x0)),
+                    y: (y0, plan.col_chunk.min(n - y0)),
+                    first_of_row: index == 0,
+                    in_batch: true,
+                    skip_same_id: false,
+                };
+                kernels.record_batch_hard_block(
+                    self,
+                    encoder,
+                    &mut ws,
+                    (side, side),
+                    (block, d, options),
+                    (buffers.out, hardest_bytes(x0)),
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The `k` nearest negatives of each query (rows of `bank` with another
@@ -947,6 +1065,132 @@ impl GpuContext {
             Ok(())
         })?;
         Ok(result)
+    }
+}
+
+/// Caller-owned buffers for [`GpuContext::record_batch_hard`].
+#[derive(Clone, Copy, Debug)]
+pub struct BatchHardBuffers<'a> {
+    /// The batch, `n x d` `f32`.
+    pub x: &'a wgpu::Buffer,
+    /// One class label per row.
+    pub labels: &'a wgpu::Buffer,
+    /// Receives one [`HardestPair`] per row.
+    pub out: &'a wgpu::Buffer,
+}
+
+fn hardest_bytes(rows: usize) -> u64 {
+    (std::mem::size_of::<HardestPair>() * rows) as u64
+}
+
+/// Rows and columns per batch-hard dispatch.
+struct HardPlan {
+    row_chunk: usize,
+    col_chunk: usize,
+}
+
+impl HardPlan {
+    fn new(ctx: &GpuContext, d: usize, m: usize) -> Result<Self> {
+        let max_rows = rows_per_dispatch(ctx, d)?;
+        let col_chunk = max_rows.min(MAX_COLUMNS_PER_DISPATCH);
+        let budget_rows =
+            (MAX_DISPATCH_WORK / (col_chunk.min(m) as u64 * vec_dim(d) as u64)).max(1) as usize;
+        // A multiple of the tile, so a caller's output is bound at aligned
+        // offsets (16 bytes per row, 64 rows).
+        let row_chunk = max_rows.min(budget_rows);
+        let row_chunk = if row_chunk >= TILE {
+            row_chunk / TILE * TILE
+        } else {
+            row_chunk
+        };
+        Ok(Self {
+            row_chunk,
+            col_chunk,
+        })
+    }
+}
+
+/// One batch-hard dispatch: anchors `x.0..x.0 + x.1` against rows
+/// `y.0..y.0 + y.1`.
+#[derive(Clone, Copy)]
+struct HardBlock {
+    x: (usize, usize),
+    y: (usize, usize),
+    first_of_row: bool,
+    in_batch: bool,
+    skip_same_id: bool,
+}
+
+impl MiningKernels {
+    /// Records one batch-hard block into `out` from byte `offset` (merging
+    /// with what earlier blocks of the same anchors left there).
+    #[allow(clippy::too_many_arguments)]
+    fn record_batch_hard_block(
+        &self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        ws: &mut MiningWorkspace,
+        (x, y): (Side<'_>, Side<'_>),
+        (block, d, options): (HardBlock, usize, DistanceOptions),
+        (out, offset): (&wgpu::Buffer, u64),
+    ) -> Result<()> {
+        let device = ctx.device();
+        let vd = vec_dim(d);
+        let ((x0, rows), (y0, cols)) = (block.x, block.y);
+        let (prepared_x, meta_x) = prepare_side(
+            ctx,
+            encoder,
+            x,
+            (x0, rows, d),
+            options,
+            [
+                &mut ws.upload_x,
+                &mut ws.upload_x_labels,
+                &mut ws.upload_x_ids,
+            ],
+            (&mut ws.prepared_x, &mut ws.meta_x),
+        )?;
+        let (prepared_y, meta_y) = prepare_side(
+            ctx,
+            encoder,
+            y,
+            (y0, cols, d),
+            options,
+            [
+                &mut ws.upload_y,
+                &mut ws.upload_y_labels,
+                &mut ws.upload_y_ids,
+            ],
+            (&mut ws.prepared_y, &mut ws.meta_y),
+        )?;
+        let params = TileParams {
+            rows: to_u32(rows, "rows")?,
+            cols: to_u32(cols, "rows")?,
+            vec_dim: to_u32(vd, "D / 4")?,
+            x_first: to_u32(x0, "rows")?,
+            y_first: to_u32(y0, "rows")?,
+            skip_same_index: u32::from(block.in_batch),
+            skip_same_id: u32::from(block.skip_same_id),
+            extra: u32::from(!block.first_of_row),
+        };
+        let params_buffer = uniform_buffer(device, "mining.tile_params", &params);
+        let group = bind_group(
+            device,
+            "mining.batch_hard",
+            &self.hard_layout,
+            vec![
+                params_buffer.as_entire_binding(),
+                sized_binding(&prepared_x, prepared_bytes(rows, vd)),
+                sized_binding(&prepared_y, prepared_bytes(cols, vd)),
+                sized_binding(&meta_x, meta_bytes(rows)),
+                sized_binding(&meta_y, meta_bytes(cols)),
+                crate::binding::offset_binding(out, offset, hardest_bytes(rows)),
+            ],
+        );
+        let pipeline = &self.batch_hard[options.distance.shader_code() as usize];
+        let groups = (to_u32(rows.div_ceil(TILE), "workgroups")?, 1);
+        dispatch(encoder, "mining.batch_hard", pipeline, &group, groups);
+        Ok(())
     }
 }
 

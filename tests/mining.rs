@@ -591,3 +591,133 @@ fn bad_bin_edges_are_typed_errors() {
         ));
     }
 }
+
+#[test]
+fn mined_pairs_go_into_the_loss_without_leaving_the_device() {
+    use contrastive_wgpu::mining::BatchHardBuffers;
+    use contrastive_wgpu::reference::loss as cpu_loss;
+    use contrastive_wgpu::wgpu::{self, util::DeviceExt};
+    use contrastive_wgpu::{ContrastiveLoss, Gradients, IndexPair, IndexPairBuffers, LossTotals};
+    let gpu = gpu();
+    let device = gpu.device();
+    let (n, d) = (90, 6);
+    let mut rng = SplitMix64::new(71);
+    let x: Vec<f32> = (0..n * d).map(|_| rng.normal() as f32).collect();
+    // Label 9 appears once: that anchor has no positive.
+    let mut batch_labels = labels(n, 4, 71);
+    batch_labels[5] = 9;
+    let options = DistanceOptions::default();
+    let loss = ContrastiveLoss::hadsell(2.0);
+
+    let storage = |bytes: &[u8], extra: wgpu::BufferUsages| {
+        device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: None,
+            contents: bytes,
+            usage: wgpu::BufferUsages::STORAGE | extra,
+        })
+    };
+    let empty = |size: usize| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: None,
+            size: size as u64,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    };
+    let x_buffer = storage(bytemuck::cast_slice(&x), wgpu::BufferUsages::empty());
+    let label_buffer = storage(
+        bytemuck::cast_slice(&batch_labels),
+        wgpu::BufferUsages::empty(),
+    );
+    let (hardest, pairs, gradient, totals) = (
+        empty(16 * n),
+        empty(32 * n),
+        empty(4 * n * d),
+        empty(LossTotals::SIZE as usize),
+    );
+    // Mine, convert and compute the loss in one encoder, one submission.
+    let mut encoder = device.create_command_encoder(&Default::default());
+    gpu.record_batch_hard(
+        &mut encoder,
+        BatchHardBuffers {
+            x: &x_buffer,
+            labels: &label_buffer,
+            out: &hardest,
+        },
+        (n, d),
+        options,
+    )
+    .unwrap();
+    gpu.record_hardest_pairs(&mut encoder, &hardest, &pairs, n)
+        .unwrap();
+    gpu.record_contrastive_index_pairs(
+        &mut encoder,
+        IndexPairBuffers {
+            x: &x_buffer,
+            pairs: &pairs,
+            gradient: Some(&gradient),
+            pair_values: None,
+            totals: &totals,
+        },
+        (n, 2 * n, d),
+        &loss,
+    )
+    .unwrap();
+    let staging = device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: LossTotals::SIZE + (4 * n * d) as u64,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    encoder.copy_buffer_to_buffer(&totals, 0, &staging, 0, LossTotals::SIZE);
+    encoder.copy_buffer_to_buffer(&gradient, 0, &staging, LossTotals::SIZE, (4 * n * d) as u64);
+    gpu.queue().submit([encoder.finish()]);
+    staging
+        .slice(..)
+        .map_async(wgpu::MapMode::Read, |r| r.unwrap());
+    device.poll(wgpu::PollType::wait_indefinitely()).unwrap();
+    let bytes = staging.slice(..).get_mapped_range().unwrap().to_vec();
+    let device_totals: LossTotals = bytemuck::pod_read_unaligned(&bytes[..64]);
+    let device_gradient: Vec<f32> = bytemuck::pod_collect_to_vec(&bytes[64..]);
+
+    // The same through the host: mine, build the list, compute the loss.
+    let mined = gpu.batch_hard(&x, &batch_labels, d, options).unwrap();
+    assert_eq!(mined[5].positive, NO_INDEX);
+    let host_pairs: Vec<IndexPair> = mined
+        .iter()
+        .enumerate()
+        .flat_map(|(a, m)| {
+            let a = a as u32;
+            let pick = |j: u32, label: u32| {
+                if j == NO_INDEX {
+                    IndexPair {
+                        first: a,
+                        second: a,
+                        label: NO_INDEX,
+                    }
+                } else {
+                    IndexPair {
+                        first: a,
+                        second: j,
+                        label,
+                    }
+                }
+            };
+            [pick(m.positive, 1), pick(m.negative, 0)]
+        })
+        .collect();
+    let host = gpu
+        .contrastive_index_pairs(&x, n, &host_pairs, d, &loss, Gradients::First)
+        .unwrap();
+    assert_eq!(device_totals.loss.to_bits(), host.loss.to_bits());
+    assert_eq!(device_totals.counts(), host.counts);
+    assert_eq!(
+        host.counts.positive,
+        (n - 1) as u64,
+        "the anchor without a positive is skipped"
+    );
+    assert_eq!(Some(device_gradient), host.gradient);
+    // And against the CPU reference.
+    let expected = cpu_loss::index_pairs(&x, n, &host_pairs, d, &loss).unwrap();
+    assert!((f64::from(host.loss) - expected.loss.loss).abs() <= expected.loss.tolerance);
+}

@@ -408,7 +408,12 @@ pub fn index_pairs<T: Copy + Into<f64> + Sync>(
         });
     }
     let mut list = Vec::with_capacity(pairs.len());
-    for (p, pair) in pairs.iter().enumerate() {
+    // Label u32::MAX marks "no pair": it counts nowhere.
+    for (p, pair) in pairs
+        .iter()
+        .enumerate()
+        .filter(|(_, pair)| pair.label != crate::mining::NO_INDEX)
+    {
         for row in [pair.first, pair.second] {
             if row as usize >= n {
                 return Err(Error::InvalidValue {
