@@ -30,9 +30,10 @@ const UNDERFLOW_RISK: f32 = 7.8886091e-31; // 2^-100
 const TILE: u32 = 64u;
 const K_VECS: u32 = 4u;
 
-// A float's bits mapped so that unsigned order is float order.
+// A float's bits mapped so that unsigned order is float order (-0 and +0
+// map to the same key, as they compare equal).
 fn orderable(value: f32) -> u32 {
-    let bits = bitcast<u32>(value);
+    let bits = bitcast<u32>(select(value, 0.0, value == 0.0));
     return select(bits | 0x80000000u, ~bits, (bits & 0x80000000u) != 0u);
 }
 
@@ -597,4 +598,162 @@ fn hardest_to_pairs(
     let negative = select(hard.z, a, hard.z == NONE);
     mined_pairs[2u * a] = vec4<u32>(a, positive, select(1u, NONE, hard.x == NONE), 0u);
     mined_pairs[2u * a + 1u] = vec4<u32>(a, negative, select(0u, NONE, hard.z == NONE), 0u);
+}
+
+// ---------------------------------------------------------------------------
+// semi-hard negatives (TF Addons' semantics), without B^3 memory
+// ---------------------------------------------------------------------------
+
+// semi_hard_keys: the key of every considered pair of a block of anchors
+// (NONE where the pair is not considered): block x cols.
+@group(0) @binding(5) var<storage, read_write> pair_keys: array<u32>;
+
+@compute @workgroup_size(16, 16)
+fn semi_hard_keys(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let acc = tile_sums(row0, col0, lid);
+    for (var a = 0u; a < 4u; a = a + 1u) {
+        let i = row0 + lid.y + 16u * a;
+        for (var b = 0u; b < 4u; b = b + 1u) {
+            let j = col0 + lid.x + 16u * b;
+            if (i < tp.rows && j < tp.cols) {
+                var key = NONE;
+                if (considered(i, j)) {
+                    key = closeness_key(finish(acc[a][b], i, j));
+                }
+                pair_keys[i * tp.cols + j] = key;
+            }
+        }
+    }
+}
+
+struct SemiHardParams {
+    // Anchors in this block, rows of the batch, sorted-list stride (a power
+    // of two at least cols).
+    rows: u32,
+    cols: u32,
+    stride: u32,
+    grid_width: u32,
+    row_base: u32,
+    // Anchor-positive pairs of this block (semi_hard_select).
+    pairs: u32,
+    // 1: only negatives with d_ap < d_an < d_ap + margin.
+    use_margin: u32,
+    margin: f32,
+    // Global index of the block's first anchor.
+    anchor_first: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> sp: SemiHardParams;
+@group(0) @binding(1) var<storage, read> sh_keys: array<u32>;
+@group(0) @binding(2) var<storage, read> sh_meta_x: array<vec4<u32>>;
+@group(0) @binding(3) var<storage, read> sh_meta_y: array<vec4<u32>>;
+// Per anchor: its negatives as (key, index), ascending, then (NONE, NONE).
+@group(0) @binding(4) var<storage, read_write> sorted_negatives: array<vec2<u32>>;
+
+// One workgroup per anchor: its negatives, sorted (bitonic, in place).
+@compute @workgroup_size(256)
+fn semi_hard_sort(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let a = sp.row_base + wid.x + wid.y * sp.grid_width;
+    if (a >= sp.rows) {
+        return;
+    }
+    let base = a * sp.stride;
+    for (var t = local; t < sp.stride; t = t + 256u) {
+        var entry = vec2<u32>(NONE, NONE);
+        if (t < sp.cols) {
+            let key = sh_keys[a * sp.cols + t];
+            if (key != NONE && sh_meta_x[a].y != sh_meta_y[t].y) {
+                entry = vec2<u32>(key, t);
+            }
+        }
+        sorted_negatives[base + t] = entry;
+    }
+    storageBarrier();
+    let size = sp.stride;
+    for (var block = 2u; block <= size; block = block * 2u) {
+        for (var stride = block / 2u; stride > 0u; stride = stride / 2u) {
+            for (var t = local; t < size / 2u; t = t + 256u) {
+                let i = 2u * stride * (t / stride) + t % stride;
+                let j = i + stride;
+                let ascending = (i & block) == 0u;
+                let x = sorted_negatives[base + i];
+                let y = sorted_negatives[base + j];
+                if (pair_less(y, x) == ascending) {
+                    sorted_negatives[base + i] = y;
+                    sorted_negatives[base + j] = x;
+                }
+            }
+            storageBarrier();
+        }
+    }
+}
+
+// (anchor within the block, positive) per pair in; (anchor, positive,
+// negative, bits of d_an) out.
+@group(0) @binding(5) var<storage, read> sh_pairs: array<vec2<u32>>;
+@group(0) @binding(6) var<storage, read_write> sh_out: array<vec4<u32>>;
+
+// The first sorted negative of `base` (count entries) whose key is above
+// `key` (or at least `key` when `inclusive`).
+fn first_above(base: u32, count: u32, key: u32, inclusive: bool) -> u32 {
+    var lo = 0u;
+    var hi = count;
+    while (lo < hi) {
+        let mid = (lo + hi) / 2u;
+        let k = sorted_negatives[base + mid].x;
+        if (k < key || (!inclusive && k == key)) {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+@compute @workgroup_size(64)
+fn semi_hard_select(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_index) local: u32,
+) {
+    let t = sp.row_base + (wid.x + wid.y * sp.grid_width) * 64u + local;
+    if (t >= sp.pairs) {
+        return;
+    }
+    let pair = sh_pairs[t];
+    let a = pair.x;
+    let base = a * sp.stride;
+    // The number of negatives: entries before the first (NONE, NONE).
+    let count = first_above(base, sp.cols, NONE, true);
+    let key_ap = sh_keys[a * sp.cols + pair.y];
+    var chosen = vec2<u32>(NONE, NONE);
+    let outside = first_above(base, count, key_ap, false);
+    if (sp.use_margin != 0u) {
+        // In value space (distance, or minus the similarity), d_an < d_ap + m.
+        let limit = orderable(from_orderable(key_ap) + sp.margin);
+        if (outside < count && sorted_negatives[base + outside].x < limit) {
+            chosen = sorted_negatives[base + outside];
+        }
+    } else if (outside < count) {
+        chosen = sorted_negatives[base + outside];
+    } else if (count > 0u) {
+        // No negative is farther: the farthest one, smallest index on ties.
+        let farthest = sorted_negatives[base + count - 1u].x;
+        chosen = sorted_negatives[base + first_above(base, count, farthest, true)];
+    }
+    var distance = 0x7f800000u;
+    if (chosen.y != NONE) {
+        distance = bitcast<u32>(value_of_key(chosen.x));
+    }
+    sh_out[t] = vec4<u32>(sp.anchor_first + a, pair.y, chosen.y, distance);
 }

@@ -187,6 +187,20 @@ impl PairHistograms {
     }
 }
 
+/// A semi-hard negative for one anchor-positive pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct SemiHardTriplet {
+    /// The anchor.
+    pub anchor: u32,
+    /// A row of the anchor's label.
+    pub positive: u32,
+    /// The chosen negative ([`NO_INDEX`] if none qualifies).
+    pub negative: u32,
+    /// Its distance to the anchor (`+inf` if none).
+    pub negative_distance: f32,
+}
+
 /// How far a long mining run has got: bank rows streamed so far, summed
 /// over the blocks of queries, of the total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,6 +257,9 @@ struct MiningWorkspace {
     output: GrowableBuffer,
     staging: GrowableBuffer,
     edges: GrowableBuffer,
+    pair_keys: GrowableBuffer,
+    sorted_negatives: GrowableBuffer,
+    anchor_pairs: GrowableBuffer,
     histogram32: GrowableBuffer,
     histogram64: GrowableBuffer,
 }
@@ -257,6 +274,9 @@ pub(crate) struct MiningKernels {
     histogram_layout: wgpu::BindGroupLayout,
     accumulate_layout: wgpu::BindGroupLayout,
     convert_layout: wgpu::BindGroupLayout,
+    keys_layout: wgpu::BindGroupLayout,
+    sort_layout: wgpu::BindGroupLayout,
+    select_layout: wgpu::BindGroupLayout,
     /// Per [`Distance::shader_code`].
     batch_hard: Vec<wgpu::ComputePipeline>,
     topk_filter: Vec<wgpu::ComputePipeline>,
@@ -266,6 +286,9 @@ pub(crate) struct MiningKernels {
     pair_histogram: Vec<wgpu::ComputePipeline>,
     accumulate_histogram: wgpu::ComputePipeline,
     hardest_to_pairs: wgpu::ComputePipeline,
+    semi_hard_keys: Vec<wgpu::ComputePipeline>,
+    semi_hard_select: Vec<wgpu::ComputePipeline>,
+    semi_hard_sort: wgpu::ComputePipeline,
     workspace: Mutex<MiningWorkspace>,
 }
 
@@ -302,6 +325,21 @@ impl MiningKernels {
             "mining.pair_histogram",
             &[&tile[..], &[READ, READ_WRITE]].concat(),
         );
+        let keys_layout = bind_group_layout(
+            device,
+            "mining.semi_hard_keys",
+            &[&tile[..], &[READ_WRITE]].concat(),
+        );
+        let sort_layout = bind_group_layout(
+            device,
+            "mining.semi_hard_sort",
+            &[UNIFORM, READ, READ, READ, READ_WRITE],
+        );
+        let select_layout = bind_group_layout(
+            device,
+            "mining.semi_hard_select",
+            &[UNIFORM, READ, READ, READ, READ_WRITE, READ, READ_WRITE],
+        );
         let convert_layout = bind_group_layout(
             device,
             "mining.hardest_to_pairs",
@@ -321,6 +359,8 @@ impl MiningKernels {
             ("batch_hard", &hard_layout),
             ("topk_filter", &filter_layout),
             ("pair_histogram", &histogram_layout),
+            ("semi_hard_keys", &keys_layout),
+            ("semi_hard_select", &select_layout),
         ] {
             for constants in &kinds {
                 specs.push(PipelineSpec {
@@ -336,6 +376,7 @@ impl MiningKernels {
             ("topk_finish", &finish_layout),
             ("accumulate_histogram", &accumulate_layout),
             ("hardest_to_pairs", &convert_layout),
+            ("semi_hard_sort", &sort_layout),
         ] {
             specs.push(PipelineSpec {
                 entry_point,
@@ -355,6 +396,8 @@ impl MiningKernels {
         let batch_hard = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
         let topk_filter = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
         let pair_histogram = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
+        let semi_hard_keys = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
+        let semi_hard_select = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
         let storage = wgpu::BufferUsages::STORAGE;
         let upload = |label| GrowableBuffer::new(label, storage | wgpu::BufferUsages::COPY_DST);
         let plain = |label| GrowableBuffer::new(label, storage);
@@ -364,6 +407,12 @@ impl MiningKernels {
             topk_finish: next()?,
             accumulate_histogram: next()?,
             hardest_to_pairs: next()?,
+            semi_hard_sort: next()?,
+            semi_hard_keys,
+            semi_hard_select,
+            keys_layout,
+            sort_layout,
+            select_layout,
             convert_layout,
             pair_histogram,
             histogram_layout,
@@ -399,6 +448,9 @@ impl MiningKernels {
                     wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
                 ),
                 edges: upload("mining.edges"),
+                pair_keys: plain("mining.pair_keys"),
+                sorted_negatives: plain("mining.sorted_negatives"),
+                anchor_pairs: upload("mining.anchor_pairs"),
                 histogram32: upload("mining.histogram32"),
                 histogram64: GrowableBuffer::new(
                     "mining.histogram64",
@@ -1191,6 +1243,257 @@ impl MiningKernels {
         let groups = (to_u32(rows.div_ceil(TILE), "workgroups")?, 1);
         dispatch(encoder, "mining.batch_hard", pipeline, &group, groups);
         Ok(())
+    }
+}
+
+/// Mirrors `SemiHardParams` in shaders/mining.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct SemiHardParams {
+    rows: u32,
+    cols: u32,
+    stride: u32,
+    grid_width: u32,
+    row_base: u32,
+    pairs: u32,
+    use_margin: u32,
+    margin: f32,
+    anchor_first: u32,
+    _pad: [u32; 3],
+}
+
+impl GpuContext {
+    /// Semi-hard negatives with TensorFlow Addons' semantics: for every
+    /// anchor-positive pair `(a, p)` of the batch (same label, `p != a`),
+    /// the nearest negative farther from `a` than `p` is, or, if there is
+    /// none, the farthest negative. With `margin`, only negatives with
+    /// `d_ap < d_an < d_ap + margin` qualify, and [`NO_INDEX`] marks pairs
+    /// without one. Ties go to the smaller index.
+    ///
+    /// Memory is `O(block x N)` for a block of anchors at a time, never the
+    /// `B^3` of TF Addons' masks. Output: anchors ascending, then positives.
+    pub fn semi_hard_negatives(
+        &self,
+        x: &[f32],
+        labels: &[u32],
+        d: usize,
+        options: DistanceOptions,
+        margin: Option<f32>,
+    ) -> Result<Vec<SemiHardTriplet>> {
+        let n = labels.len();
+        let set = HostSet {
+            rows: x,
+            labels,
+            ids: None,
+        };
+        check_set("X (the batch)", n, d, set)?;
+        if let Some(m) = margin {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(Error::InvalidValue {
+                    what: "margin",
+                    index: 0,
+                    value: m.to_string(),
+                    expected: "the semi-hard margin must be finite and > 0",
+                });
+            }
+        }
+        let kernels = self.mining_kernels()?;
+        let limits = self.chunk_limits();
+        let binding = limits.max_binding_bytes;
+        let max_groups = limits.max_workgroups_per_dimension as usize;
+        let vd = vec_dim(d);
+        let stride = n.next_power_of_two();
+        if n > rows_per_dispatch(self, d)?.min(max_groups * TILE) {
+            return Err(Error::TooLarge {
+                what: format!("a batch of {n} rows for semi-hard mining"),
+                needed: prepared_bytes(n, vd),
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+            });
+        }
+        let block = (binding / (stride as u64 * ENTRY_BYTES))
+            .min(MAX_DISPATCH_WORK / (n as u64 * vd as u64))
+            .min((max_groups * TILE) as u64)
+            .max(1) as usize;
+        let block = block.min(n);
+        let mut ws = kernels.lock_workspace();
+        let mut result = Vec::new();
+        self.with_error_scope("mining semi-hard negatives", || {
+            let device = self.device();
+            let queue = self.queue();
+            let ws = &mut *ws;
+            let max_buffer = limits.max_buffer_bytes;
+            for a0 in (0..n).step_by(block) {
+                let rows = block.min(n - a0);
+                let pairs: Vec<[u32; 2]> = (0..rows)
+                    .flat_map(|a| {
+                        (0..n)
+                            .filter(move |&p| p != a0 + a && labels[p] == labels[a0 + a])
+                            .map(move |p| [a as u32, p as u32])
+                    })
+                    .collect();
+                if pairs.is_empty() {
+                    continue;
+                }
+                let mut encoder = device.create_command_encoder(&Default::default());
+                let (prepared_x, meta_x) = upload_and_prepare(
+                    self,
+                    &mut encoder,
+                    set,
+                    (a0, rows, d),
+                    options,
+                    [
+                        &mut ws.upload_x,
+                        &mut ws.upload_x_labels,
+                        &mut ws.upload_x_ids,
+                    ],
+                    (&mut ws.prepared_x, &mut ws.meta_x),
+                )?;
+                let (prepared_y, meta_y) = upload_and_prepare(
+                    self,
+                    &mut encoder,
+                    set,
+                    (0, n, d),
+                    options,
+                    [
+                        &mut ws.upload_y,
+                        &mut ws.upload_y_labels,
+                        &mut ws.upload_y_ids,
+                    ],
+                    (&mut ws.prepared_y, &mut ws.meta_y),
+                )?;
+                let keys = ws
+                    .pair_keys
+                    .ensure(device, bytes_of(rows * n), max_buffer)?;
+                let sorted = ws.sorted_negatives.ensure(
+                    device,
+                    rows as u64 * stride as u64 * ENTRY_BYTES,
+                    max_buffer,
+                )?;
+                let pair_list =
+                    ws.anchor_pairs
+                        .ensure(device, pairs.len() as u64 * ENTRY_BYTES, max_buffer)?;
+                queue.write_buffer(&pair_list, 0, bytemuck::cast_slice(&pairs));
+                let out_bytes = (pairs.len() * std::mem::size_of::<SemiHardTriplet>()) as u64;
+                let out = ws.output.ensure(device, out_bytes, max_buffer)?;
+                let kind = options.distance.shader_code() as usize;
+                let tile = TileParams {
+                    rows: to_u32(rows, "rows")?,
+                    cols: to_u32(n, "rows")?,
+                    vec_dim: to_u32(vd, "D / 4")?,
+                    x_first: to_u32(a0, "rows")?,
+                    y_first: 0,
+                    skip_same_index: 1,
+                    skip_same_id: 0,
+                    extra: 0,
+                };
+                let params_buffer = uniform_buffer(device, "mining.tile_params", &tile);
+                let group = bind_group(
+                    device,
+                    "mining.semi_hard_keys",
+                    &kernels.keys_layout,
+                    vec![
+                        params_buffer.as_entire_binding(),
+                        sized_binding(&prepared_x, prepared_bytes(rows, vd)),
+                        sized_binding(&prepared_y, prepared_bytes(n, vd)),
+                        sized_binding(&meta_x, meta_bytes(rows)),
+                        sized_binding(&meta_y, meta_bytes(n)),
+                        sized_binding(&keys, bytes_of(rows * n)),
+                    ],
+                );
+                let groups = (
+                    to_u32(n.div_ceil(TILE), "workgroups")?,
+                    to_u32(rows.div_ceil(TILE), "workgroups")?,
+                );
+                dispatch(
+                    &mut encoder,
+                    "mining.semi_hard_keys",
+                    &kernels.semi_hard_keys[kind],
+                    &group,
+                    groups,
+                );
+                let params = |row_base: usize, grid: (u32, u32)| -> Result<SemiHardParams> {
+                    Ok(SemiHardParams {
+                        rows: to_u32(rows, "rows")?,
+                        cols: to_u32(n, "rows")?,
+                        stride: to_u32(stride, "rows")?,
+                        grid_width: grid.0,
+                        row_base: to_u32(row_base, "pairs")?,
+                        pairs: to_u32(pairs.len(), "pairs")?,
+                        use_margin: u32::from(margin.is_some()),
+                        margin: margin.unwrap_or(0.0),
+                        anchor_first: to_u32(a0, "rows")?,
+                        _pad: [0; 3],
+                    })
+                };
+                for_each_dispatch(
+                    rows,
+                    1,
+                    limits.max_workgroups_per_dimension,
+                    |base, _, grid| {
+                        let params_buffer =
+                            uniform_buffer(device, "mining.semi_hard_params", &params(base, grid)?);
+                        let group = bind_group(
+                            device,
+                            "mining.semi_hard_sort",
+                            &kernels.sort_layout,
+                            vec![
+                                params_buffer.as_entire_binding(),
+                                sized_binding(&keys, bytes_of(rows * n)),
+                                sized_binding(&meta_x, meta_bytes(rows)),
+                                sized_binding(&meta_y, meta_bytes(n)),
+                                sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
+                            ],
+                        );
+                        dispatch(
+                            &mut encoder,
+                            "mining.semi_hard_sort",
+                            &kernels.semi_hard_sort,
+                            &group,
+                            grid,
+                        );
+                        Ok(())
+                    },
+                )?;
+                for_each_dispatch(
+                    pairs.len(),
+                    64,
+                    limits.max_workgroups_per_dimension,
+                    |base, _, grid| {
+                        let params_buffer =
+                            uniform_buffer(device, "mining.semi_hard_params", &params(base, grid)?);
+                        let group = bind_group(
+                            device,
+                            "mining.semi_hard_select",
+                            &kernels.select_layout,
+                            vec![
+                                params_buffer.as_entire_binding(),
+                                sized_binding(&keys, bytes_of(rows * n)),
+                                sized_binding(&meta_x, meta_bytes(rows)),
+                                sized_binding(&meta_y, meta_bytes(n)),
+                                sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
+                                sized_binding(&pair_list, pairs.len() as u64 * ENTRY_BYTES),
+                                sized_binding(&out, out_bytes),
+                            ],
+                        );
+                        dispatch(
+                            &mut encoder,
+                            "mining.semi_hard_select",
+                            &kernels.semi_hard_select[kind],
+                            &group,
+                            grid,
+                        );
+                        Ok(())
+                    },
+                )?;
+                let staging = ws.staging.ensure(device, out_bytes, max_buffer)?;
+                encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, out_bytes);
+                queue.submit([encoder.finish()]);
+                result.extend(self.read_back::<SemiHardTriplet>(&staging, out_bytes)?);
+            }
+            Ok(())
+        })?;
+        Ok(result)
     }
 }
 

@@ -721,3 +721,84 @@ fn mined_pairs_go_into_the_loss_without_leaving_the_device() {
     let expected = cpu_loss::index_pairs(&x, n, &host_pairs, d, &loss).unwrap();
     assert!((f64::from(host.loss) - expected.loss.loss).abs() <= expected.loss.tolerance);
 }
+
+#[test]
+fn semi_hard_negatives_match_the_reference() {
+    for (index, options) in [
+        DistanceOptions::default(),
+        DistanceOptions::new(Distance::SquaredEuclidean),
+        DistanceOptions::new(Distance::Dot),
+        DistanceOptions::new(Distance::Cosine),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let (n, d) = [(60, 4), (37, 3), (70, 5), (45, 6)][index];
+        let x = rows(n, d, 80 + index as u64);
+        let batch_labels = labels(n, 3, 80 + index as u64);
+        let matrix = Matrix::new(&x, &x, n, n, d, options);
+        for margin in [None, Some(1.0f32)] {
+            let what = format!("{options:?} margin {margin:?}");
+            let mined = gpu()
+                .semi_hard_negatives(&x, &batch_labels, d, options, margin)
+                .unwrap();
+            let expected = cpu::semi_hard_negatives(&x, &batch_labels, d, options, margin).unwrap();
+            assert_eq!(mined.len(), expected.len(), "{what}");
+            // On grid rows the distances are exact in f32 (no normalisation):
+            // then every choice, ties included, must be the reference's.
+            if options.distance != Distance::Cosine {
+                let chosen = |t: &[contrastive_wgpu::mining::SemiHardTriplet]| {
+                    t.iter()
+                        .map(|t| (t.anchor, t.positive, t.negative))
+                        .collect::<Vec<_>>()
+                };
+                let (found, wanted) = (chosen(&mined), chosen(&expected));
+                let first = found.iter().zip(&wanted).position(|(f, w)| f != w);
+                assert!(
+                    first.is_none(),
+                    "{what}: first difference {:?} vs {:?}",
+                    first.map(|k| (mined[k], expected[k])),
+                    first.map(|k| wanted[k])
+                );
+            }
+            for (g, r) in mined.iter().zip(&expected) {
+                assert_eq!((g.anchor, g.positive), (r.anchor, r.positive), "{what}");
+                let a = g.anchor as usize;
+                // Where the GPU and CPU disagree, the two choices (and the
+                // band edges) must be within rounding of each other.
+                if g.negative != r.negative {
+                    let (ap, tol_ap) = matrix.at(a, g.positive);
+                    let close = |j: u32| {
+                        j != NO_INDEX && {
+                            let (v, tol) = matrix.at(a, j);
+                            (v - ap).abs() <= tol + tol_ap
+                                || margin.is_some_and(|m| {
+                                    let (v, tol) = matrix.at(a, j);
+                                    let edge = if options.distance == Distance::Dot {
+                                        ap - f64::from(m)
+                                    } else {
+                                        ap + f64::from(m)
+                                    };
+                                    (v - edge).abs() <= tol + tol_ap
+                                })
+                        }
+                    };
+                    let same_value = g.negative != NO_INDEX
+                        && r.negative != NO_INDEX
+                        && (matrix.at(a, g.negative).0 - matrix.at(a, r.negative).0).abs()
+                            <= matrix.at(a, g.negative).1 + matrix.at(a, r.negative).1;
+                    assert!(
+                        close(g.negative) || close(r.negative) || same_value,
+                        "{what}: ({a}, {}) gpu {} cpu {}",
+                        g.positive,
+                        g.negative,
+                        r.negative
+                    );
+                } else if g.negative != NO_INDEX {
+                    let (v, tol) = matrix.at(a, g.negative);
+                    assert!((f64::from(g.negative_distance) - v).abs() <= tol, "{what}");
+                }
+            }
+        }
+    }
+}

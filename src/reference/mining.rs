@@ -12,7 +12,7 @@ use super::rows::prepare_rows;
 use crate::distance::{check_len, Distance, DistanceOptions};
 use crate::error::{Error, Result};
 use crate::loss::BankIds;
-use crate::mining::{HardestPair, Neighbor, PairHistograms, NO_INDEX};
+use crate::mining::{HardestPair, Neighbor, PairHistograms, SemiHardTriplet, NO_INDEX};
 
 /// Prepared rows and norms of one set, for pair distances.
 struct Set {
@@ -336,4 +336,84 @@ fn histograms(
         negative,
         similarity: options.distance.is_similarity(),
     })
+}
+
+/// Semi-hard negatives with TF Addons' semantics (see
+/// [`GpuContext::semi_hard_negatives`](crate::GpuContext::semi_hard_negatives)),
+/// by direct search over each anchor's negatives.
+pub fn semi_hard_negatives<T: Copy + Into<f64> + Sync>(
+    x: &[T],
+    labels: &[u32],
+    d: usize,
+    options: DistanceOptions,
+    margin: Option<f32>,
+) -> Result<Vec<SemiHardTriplet>> {
+    let n = labels.len();
+    check_rows("X (the batch)", n, d, x.len())?;
+    let set = Set::new(x, d, options);
+    // Work in "value" space: the distance, or minus the similarity, so that
+    // larger is always farther.
+    let value = |i: usize, j: usize| {
+        let v = set.distance(i, &set, j, options);
+        if options.distance == Distance::Dot {
+            -v
+        } else {
+            v
+        }
+    };
+    let shown = |v: f64| {
+        (if options.distance == Distance::Dot {
+            -v
+        } else {
+            v
+        }) as f32
+    };
+    Ok((0..n)
+        .into_par_iter()
+        .flat_map_iter(|a| {
+            let negatives: Vec<(f64, usize)> = (0..n)
+                .filter(|&j| labels[j] != labels[a])
+                .map(|j| (value(a, j), j))
+                .collect();
+            let positives: Vec<usize> = (0..n)
+                .filter(|&p| p != a && labels[p] == labels[a])
+                .collect();
+            let value = &value;
+            positives.into_iter().map(move |p| {
+                let ap = value(a, p);
+                let nearer =
+                    |x: &(f64, usize), y: &(f64, usize)| x.0 < y.0 || (x.0 == y.0 && x.1 < y.1);
+                let outside = negatives
+                    .iter()
+                    .filter(|(v, _)| *v > ap)
+                    .filter(|(v, _)| margin.is_none_or(|m| *v < ap + f64::from(m)))
+                    .fold(None, |best: Option<&(f64, usize)>, c| match best {
+                        Some(b) if !nearer(c, b) => Some(b),
+                        _ => Some(c),
+                    });
+                let chosen = match (outside, margin) {
+                    (Some(c), _) => Some(*c),
+                    (None, Some(_)) => None,
+                    (None, None) => {
+                        negatives
+                            .iter()
+                            .fold(None, |best: Option<(f64, usize)>, &c| match best {
+                                Some(b) if !(c.0 > b.0 || (c.0 == b.0 && c.1 < b.1)) => Some(b),
+                                _ => Some(c),
+                            })
+                    }
+                };
+                let (negative, negative_distance) = match chosen {
+                    Some((v, j)) => (j as u32, shown(v)),
+                    None => (NO_INDEX, f32::INFINITY),
+                };
+                SemiHardTriplet {
+                    anchor: a as u32,
+                    positive: p as u32,
+                    negative,
+                    negative_distance,
+                }
+            })
+        })
+        .collect())
 }
