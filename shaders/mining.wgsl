@@ -757,3 +757,150 @@ fn semi_hard_select(
     }
     sh_out[t] = vec4<u32>(sp.anchor_first + a, pair.y, chosen.y, distance);
 }
+
+// ---------------------------------------------------------------------------
+// pair-margin mining: similar pairs farther than t_pos, dissimilar pairs
+// closer than t_neg, as a compact list in (i, j) order
+// ---------------------------------------------------------------------------
+
+struct MarginParams {
+    // The bar for similar pairs (qualify when farther) and for dissimilar
+    // pairs (qualify when closer), as keys.
+    pos_key: u32,
+    neg_key: u32,
+    // Column tiles per row of the block.
+    col_tiles: u32,
+    // Where this block's pairs start in the output, and the output's
+    // capacity (pairs past it are counted, not written).
+    out_base: u32,
+    capacity: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(5) var<uniform> mp: MarginParams;
+// Qualifying pairs per (row, column tile), then (margin_scan) their
+// exclusive prefix sums in (row, tile) order, i.e. (i, j) order.
+@group(0) @binding(6) var<storage, read_write> tile_counts: array<u32>;
+// 4 u32 per pair: i, j, label (1 similar, 0 dissimilar), 0.
+@group(0) @binding(7) var<storage, read_write> margin_pairs: array<vec4<u32>>;
+
+// Per tile row: which of its 64 columns qualify (2 words).
+var<workgroup> qualifying: array<atomic<u32>, 128>;
+
+// Marks this invocation's qualifying pairs of the tile in `qualifying`.
+fn mark_qualifying(row0: u32, col0: u32, lid: vec3<u32>, acc: array<vec4<f32>, 4>) {
+    let flat = lid.y * 16u + lid.x;
+    if (flat < 128u) {
+        atomicStore(&qualifying[flat], 0u);
+    }
+    workgroupBarrier();
+    for (var a = 0u; a < 4u; a = a + 1u) {
+        let li = lid.y + 16u * a;
+        let i = row0 + li;
+        for (var b = 0u; b < 4u; b = b + 1u) {
+            let lj = lid.x + 16u * b;
+            let j = col0 + lj;
+            if (considered(i, j) && tp.x_first + i < tp.y_first + j) {
+                let key = closeness_key(finish(acc[a][b], i, j));
+                let similar = meta_x[i].y == meta_y[j].y;
+                if ((similar && key > mp.pos_key) || (!similar && key < mp.neg_key)) {
+                    atomicOr(&qualifying[li * 2u + lj / 32u], 1u << (lj % 32u));
+                }
+            }
+        }
+    }
+    workgroupBarrier();
+}
+
+@compute @workgroup_size(16, 16)
+fn margin_count(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let acc = tile_sums(row0, col0, lid);
+    mark_qualifying(row0, col0, lid, acc);
+    let flat = lid.y * 16u + lid.x;
+    if (flat < TILE && row0 + flat < tp.rows) {
+        let count = countOneBits(atomicLoad(&qualifying[flat * 2u]))
+            + countOneBits(atomicLoad(&qualifying[flat * 2u + 1u]));
+        tile_counts[(row0 + flat) * mp.col_tiles + wid.x] = count;
+    }
+}
+
+var<workgroup> margin_scan_scratch: array<u32, 256>;
+
+// One workgroup: exclusive prefix sums of tile_counts (rows x col_tiles
+// entries) in place; the total goes to entry rows x col_tiles.
+@compute @workgroup_size(256)
+fn margin_scan(@builtin(local_invocation_index) local: u32) {
+    let entries = tp.rows * mp.col_tiles;
+    var carry = 0u;
+    for (var base = 0u; base < entries; base = base + 256u) {
+        let t = base + local;
+        var value = 0u;
+        if (t < entries) {
+            value = tile_counts[t];
+        }
+        margin_scan_scratch[local] = value;
+        workgroupBarrier();
+        for (var stride = 1u; stride < 256u; stride = stride * 2u) {
+            var add = 0u;
+            if (local >= stride) {
+                add = margin_scan_scratch[local - stride];
+            }
+            workgroupBarrier();
+            margin_scan_scratch[local] = margin_scan_scratch[local] + add;
+            workgroupBarrier();
+        }
+        if (t < entries) {
+            tile_counts[t] = carry + margin_scan_scratch[local] - value;
+        }
+        carry = carry + margin_scan_scratch[255];
+        workgroupBarrier();
+    }
+    if (local == 0u) {
+        tile_counts[entries] = carry;
+    }
+}
+
+@compute @workgroup_size(16, 16)
+fn margin_fill(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+) {
+    let row0 = wid.y * TILE;
+    let col0 = wid.x * TILE;
+    let acc = tile_sums(row0, col0, lid);
+    mark_qualifying(row0, col0, lid, acc);
+    for (var a = 0u; a < 4u; a = a + 1u) {
+        let li = lid.y + 16u * a;
+        let i = row0 + li;
+        if (i >= tp.rows) {
+            continue;
+        }
+        let words = vec2<u32>(atomicLoad(&qualifying[li * 2u]), atomicLoad(&qualifying[li * 2u + 1u]));
+        for (var b = 0u; b < 4u; b = b + 1u) {
+            let lj = lid.x + 16u * b;
+            let word = words[lj / 32u];
+            let bit = 1u << (lj % 32u);
+            if ((word & bit) != 0u) {
+                // Rank of this column among the row's qualifying columns of
+                // the tile.
+                var rank = countOneBits(word & (bit - 1u));
+                if (lj >= 32u) {
+                    rank = rank + countOneBits(words.x);
+                }
+                let position = mp.out_base + tile_counts[i * mp.col_tiles + wid.x] + rank;
+                if (position < mp.capacity) {
+                    let j = col0 + lj;
+                    let similar = meta_x[i].y == meta_y[j].y;
+                    margin_pairs[position] = vec4<u32>(tp.x_first + i, tp.y_first + j, select(0u, 1u, similar), 0u);
+                }
+            }
+        }
+    }
+}

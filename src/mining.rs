@@ -201,6 +201,18 @@ pub struct SemiHardTriplet {
     pub negative_distance: f32,
 }
 
+/// The pairs pair-margin mining found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MarginPairs {
+    /// The qualifying pairs `(i, j)`, `i < j`, in `(i, j)` order, as index
+    /// pairs for the loss (label 1 similar, 0 dissimilar); at most the
+    /// capacity asked for.
+    pub pairs: Vec<crate::loss::IndexPair>,
+    /// How many pairs qualified; more than `pairs.len()` when the capacity
+    /// was too small (the first ones in order were kept).
+    pub total: u64,
+}
+
 /// How far a long mining run has got: bank rows streamed so far, summed
 /// over the blocks of queries, of the total.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,6 +272,8 @@ struct MiningWorkspace {
     pair_keys: GrowableBuffer,
     sorted_negatives: GrowableBuffer,
     anchor_pairs: GrowableBuffer,
+    tile_counts: GrowableBuffer,
+    margin_pairs: GrowableBuffer,
     histogram32: GrowableBuffer,
     histogram64: GrowableBuffer,
 }
@@ -277,6 +291,7 @@ pub(crate) struct MiningKernels {
     keys_layout: wgpu::BindGroupLayout,
     sort_layout: wgpu::BindGroupLayout,
     select_layout: wgpu::BindGroupLayout,
+    margin_layout: wgpu::BindGroupLayout,
     /// Per [`Distance::shader_code`].
     batch_hard: Vec<wgpu::ComputePipeline>,
     topk_filter: Vec<wgpu::ComputePipeline>,
@@ -289,6 +304,9 @@ pub(crate) struct MiningKernels {
     semi_hard_keys: Vec<wgpu::ComputePipeline>,
     semi_hard_select: Vec<wgpu::ComputePipeline>,
     semi_hard_sort: wgpu::ComputePipeline,
+    margin_count: Vec<wgpu::ComputePipeline>,
+    margin_fill: Vec<wgpu::ComputePipeline>,
+    margin_scan: wgpu::ComputePipeline,
     workspace: Mutex<MiningWorkspace>,
 }
 
@@ -340,6 +358,11 @@ impl MiningKernels {
             "mining.semi_hard_select",
             &[UNIFORM, READ, READ, READ, READ_WRITE, READ, READ_WRITE],
         );
+        let margin_layout = bind_group_layout(
+            device,
+            "mining.pair_margin",
+            &[&tile[..], &[UNIFORM, READ_WRITE, READ_WRITE]].concat(),
+        );
         let convert_layout = bind_group_layout(
             device,
             "mining.hardest_to_pairs",
@@ -361,6 +384,8 @@ impl MiningKernels {
             ("pair_histogram", &histogram_layout),
             ("semi_hard_keys", &keys_layout),
             ("semi_hard_select", &select_layout),
+            ("margin_count", &margin_layout),
+            ("margin_fill", &margin_layout),
         ] {
             for constants in &kinds {
                 specs.push(PipelineSpec {
@@ -377,6 +402,7 @@ impl MiningKernels {
             ("accumulate_histogram", &accumulate_layout),
             ("hardest_to_pairs", &convert_layout),
             ("semi_hard_sort", &sort_layout),
+            ("margin_scan", &margin_layout),
         ] {
             specs.push(PipelineSpec {
                 entry_point,
@@ -398,6 +424,8 @@ impl MiningKernels {
         let pair_histogram = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
         let semi_hard_keys = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
         let semi_hard_select = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
+        let margin_count = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
+        let margin_fill = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
         let storage = wgpu::BufferUsages::STORAGE;
         let upload = |label| GrowableBuffer::new(label, storage | wgpu::BufferUsages::COPY_DST);
         let plain = |label| GrowableBuffer::new(label, storage);
@@ -408,6 +436,10 @@ impl MiningKernels {
             accumulate_histogram: next()?,
             hardest_to_pairs: next()?,
             semi_hard_sort: next()?,
+            margin_scan: next()?,
+            margin_count,
+            margin_fill,
+            margin_layout,
             semi_hard_keys,
             semi_hard_select,
             keys_layout,
@@ -451,6 +483,14 @@ impl MiningKernels {
                 pair_keys: plain("mining.pair_keys"),
                 sorted_negatives: plain("mining.sorted_negatives"),
                 anchor_pairs: upload("mining.anchor_pairs"),
+                tile_counts: GrowableBuffer::new(
+                    "mining.tile_counts",
+                    storage | wgpu::BufferUsages::COPY_SRC,
+                ),
+                margin_pairs: GrowableBuffer::new(
+                    "mining.margin_pairs",
+                    storage | wgpu::BufferUsages::COPY_SRC,
+                ),
                 histogram32: upload("mining.histogram32"),
                 histogram64: GrowableBuffer::new(
                     "mining.histogram64",
@@ -1494,6 +1534,243 @@ impl GpuContext {
             Ok(())
         })?;
         Ok(result)
+    }
+}
+
+/// Mirrors `MarginParams` in shaders/mining.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct MarginParams {
+    pos_key: u32,
+    neg_key: u32,
+    col_tiles: u32,
+    out_base: u32,
+    capacity: u32,
+    _pad: [u32; 3],
+}
+
+/// The key of a distance (or, for a similarity, of minus it) that sorts
+/// like the value: mirror of `closeness_key`.
+fn closeness_key(value: f32, similarity: bool) -> u32 {
+    let v = if similarity { -value } else { value };
+    let v = if v == 0.0 { 0.0 } else { v };
+    let bits = v.to_bits();
+    if bits & 0x8000_0000 != 0 {
+        !bits
+    } else {
+        bits | 0x8000_0000
+    }
+}
+
+impl GpuContext {
+    /// Pair-margin mining in a batch: every unordered pair `i < j` whose
+    /// rows share a label and are farther apart than `positive_threshold`,
+    /// or differ in label and are closer than `negative_threshold` (for a
+    /// similarity: less similar, and more similar, than the thresholds), in
+    /// `(i, j)` order, at most `capacity` of them; [`MarginPairs::total`]
+    /// says how many qualified.
+    pub fn pair_margin_pairs(
+        &self,
+        x: &[f32],
+        labels: &[u32],
+        d: usize,
+        options: DistanceOptions,
+        (positive_threshold, negative_threshold): (f32, f32),
+        capacity: usize,
+    ) -> Result<MarginPairs> {
+        let n = labels.len();
+        let set = HostSet {
+            rows: x,
+            labels,
+            ids: None,
+        };
+        check_set("X (the batch)", n, d, set)?;
+        for (value, what) in [
+            (positive_threshold, "positive threshold"),
+            (negative_threshold, "negative threshold"),
+        ] {
+            if !value.is_finite() {
+                return Err(Error::InvalidValue {
+                    what,
+                    index: 0,
+                    value: value.to_string(),
+                    expected: "thresholds must be finite",
+                });
+            }
+        }
+        let kernels = self.mining_kernels()?;
+        let limits = self.chunk_limits();
+        let binding = limits.max_binding_bytes;
+        let max_groups = limits.max_workgroups_per_dimension as usize;
+        let vd = vec_dim(d);
+        let col_tiles = n.div_ceil(TILE);
+        if n > rows_per_dispatch(self, d)?.min(max_groups * TILE) {
+            return Err(Error::TooLarge {
+                what: format!("a batch of {n} rows for pair-margin mining"),
+                needed: prepared_bytes(n, vd),
+                limit_name: "max_storage_buffer_binding_size",
+                limit: binding,
+            });
+        }
+        let block = ((binding / 4 - 1) / col_tiles as u64)
+            .min(MAX_DISPATCH_WORK / (n as u64 * vd as u64))
+            .min((max_groups * TILE) as u64)
+            .max(1) as usize;
+        let block = if block >= TILE {
+            block / TILE * TILE
+        } else {
+            block
+        }
+        .min(n);
+        let similarity = options.distance.is_similarity();
+        let out_capacity = capacity.max(1);
+        let kind = options.distance.shader_code() as usize;
+        let mut ws = kernels.lock_workspace();
+        let mut total = 0u64;
+        let mut pairs_out = Vec::new();
+        self.with_error_scope("mining pair-margin pairs", || {
+            let device = self.device();
+            let queue = self.queue();
+            let ws = &mut *ws;
+            let max_buffer = limits.max_buffer_bytes;
+            let out = ws
+                .margin_pairs
+                .ensure(device, out_capacity as u64 * 16, max_buffer)?;
+            for a0 in (0..n).step_by(block) {
+                let rows = block.min(n - a0);
+                // Only columns from a0 on can pair with these anchors (j > i).
+                let cols = n - a0;
+                let block_tiles = cols.div_ceil(TILE);
+                let entries = rows * block_tiles;
+                let counts = ws
+                    .tile_counts
+                    .ensure(device, bytes_of(entries + 1), max_buffer)?;
+                let mut encoder = device.create_command_encoder(&Default::default());
+                let (prepared_x, meta_x) = upload_and_prepare(
+                    self,
+                    &mut encoder,
+                    set,
+                    (a0, rows, d),
+                    options,
+                    [
+                        &mut ws.upload_x,
+                        &mut ws.upload_x_labels,
+                        &mut ws.upload_x_ids,
+                    ],
+                    (&mut ws.prepared_x, &mut ws.meta_x),
+                )?;
+                let (prepared_y, meta_y) = upload_and_prepare(
+                    self,
+                    &mut encoder,
+                    set,
+                    (a0, cols, d),
+                    options,
+                    [
+                        &mut ws.upload_y,
+                        &mut ws.upload_y_labels,
+                        &mut ws.upload_y_ids,
+                    ],
+                    (&mut ws.prepared_y, &mut ws.meta_y),
+                )?;
+                let tile = TileParams {
+                    rows: to_u32(rows, "rows")?,
+                    cols: to_u32(cols, "rows")?,
+                    vec_dim: to_u32(vd, "D / 4")?,
+                    x_first: to_u32(a0, "rows")?,
+                    y_first: to_u32(a0, "rows")?,
+                    skip_same_index: 1,
+                    skip_same_id: 0,
+                    extra: 0,
+                };
+                let tile_buffer = uniform_buffer(device, "mining.tile_params", &tile);
+                let record = |encoder: &mut wgpu::CommandEncoder,
+                              label: &'static str,
+                              pipeline: &wgpu::ComputePipeline,
+                              out_base: u64,
+                              groups: (u32, u32)|
+                 -> Result<()> {
+                    let params = MarginParams {
+                        pos_key: closeness_key(positive_threshold, similarity),
+                        neg_key: closeness_key(negative_threshold, similarity),
+                        col_tiles: to_u32(block_tiles, "tiles")?,
+                        out_base: u32::try_from(out_base.min(u64::from(u32::MAX)))
+                            .unwrap_or(u32::MAX),
+                        capacity: to_u32(capacity, "capacity")?,
+                        _pad: [0; 3],
+                    };
+                    let params_buffer = uniform_buffer(device, "mining.margin_params", &params);
+                    let group = bind_group(
+                        device,
+                        label,
+                        &kernels.margin_layout,
+                        vec![
+                            tile_buffer.as_entire_binding(),
+                            sized_binding(&prepared_x, prepared_bytes(rows, vd)),
+                            sized_binding(&prepared_y, prepared_bytes(cols, vd)),
+                            sized_binding(&meta_x, meta_bytes(rows)),
+                            sized_binding(&meta_y, meta_bytes(cols)),
+                            params_buffer.as_entire_binding(),
+                            sized_binding(&counts, bytes_of(entries + 1)),
+                            sized_binding(&out, out_capacity as u64 * 16),
+                        ],
+                    );
+                    dispatch(encoder, label, pipeline, &group, groups);
+                    Ok(())
+                };
+                let tiles = (
+                    to_u32(block_tiles, "workgroups")?,
+                    to_u32(rows.div_ceil(TILE), "workgroups")?,
+                );
+                record(
+                    &mut encoder,
+                    "mining.margin_count",
+                    &kernels.margin_count[kind],
+                    0,
+                    tiles,
+                )?;
+                record(
+                    &mut encoder,
+                    "mining.margin_scan",
+                    &kernels.margin_scan,
+                    0,
+                    (1, 1),
+                )?;
+                record(
+                    &mut encoder,
+                    "mining.margin_fill",
+                    &kernels.margin_fill[kind],
+                    total,
+                    tiles,
+                )?;
+                let staging = ws.staging.ensure(device, 4, max_buffer)?;
+                encoder.copy_buffer_to_buffer(&counts, bytes_of(entries), &staging, 0, 4);
+                queue.submit([encoder.finish()]);
+                let block_total: Vec<u32> = self.read_back(&staging, 4)?;
+                total += u64::from(block_total.first().copied().unwrap_or(0));
+            }
+            let kept = total.min(capacity as u64) as usize;
+            if kept > 0 {
+                let bytes = kept as u64 * 16;
+                let staging = ws.staging.ensure(device, bytes, max_buffer)?;
+                let mut encoder = device.create_command_encoder(&Default::default());
+                encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, bytes);
+                queue.submit([encoder.finish()]);
+                let words: Vec<[u32; 4]> = self.read_back(&staging, bytes)?;
+                pairs_out = words
+                    .into_iter()
+                    .map(|[first, second, label, _]| crate::loss::IndexPair {
+                        first,
+                        second,
+                        label,
+                    })
+                    .collect();
+            }
+            Ok(())
+        })?;
+        Ok(MarginPairs {
+            pairs: pairs_out,
+            total,
+        })
     }
 }
 

@@ -802,3 +802,60 @@ fn semi_hard_negatives_match_the_reference() {
         }
     }
 }
+
+#[test]
+fn pair_margin_mining_matches_the_reference_in_order_and_reports_overflow() {
+    let (n, d) = (170, 4);
+    let x = rows(n, d, 91);
+    let batch_labels = labels(n, 3, 91);
+    // Thresholds halfway between the squared distances grid rows can have.
+    let cases = [
+        (
+            DistanceOptions::new(Distance::SquaredEuclidean),
+            (2.125f32, 1.125f32),
+        ),
+        (
+            DistanceOptions::new(Distance::Euclidean),
+            (1.125f32.sqrt(), 0.625f32.sqrt()),
+        ),
+        (DistanceOptions::new(Distance::Dot), (-0.125f32, 0.375f32)),
+    ];
+    for (options, thresholds) in cases {
+        let expected =
+            cpu::pair_margin_pairs(&x, &batch_labels, d, options, thresholds, usize::MAX).unwrap();
+        assert!(expected.total > 100, "{options:?}: the test needs pairs");
+        let mined = gpu()
+            .pair_margin_pairs(&x, &batch_labels, d, options, thresholds, 1 << 20)
+            .unwrap();
+        assert_eq!(mined, expected, "{options:?}");
+        // Many small blocks (a batch of 120 fits the 2-workgroup grids).
+        let m = 120;
+        let small = gpu_with_small_chunks()
+            .pair_margin_pairs(
+                &x[..m * d],
+                &batch_labels[..m],
+                d,
+                options,
+                thresholds,
+                1 << 20,
+            )
+            .unwrap();
+        let expected_small = cpu::pair_margin_pairs(
+            &x[..m * d],
+            &batch_labels[..m],
+            d,
+            options,
+            thresholds,
+            1 << 20,
+        )
+        .unwrap();
+        assert_eq!(small, expected_small, "{options:?} in small blocks");
+        // Too small a capacity: the first pairs in order, and the true total.
+        let capacity = (expected.total / 3) as usize;
+        let mined = gpu()
+            .pair_margin_pairs(&x, &batch_labels, d, options, thresholds, capacity)
+            .unwrap();
+        assert_eq!(mined.total, expected.total);
+        assert_eq!(mined.pairs, expected.pairs[..capacity]);
+    }
+}

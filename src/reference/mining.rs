@@ -12,7 +12,10 @@ use super::rows::prepare_rows;
 use crate::distance::{check_len, Distance, DistanceOptions};
 use crate::error::{Error, Result};
 use crate::loss::BankIds;
-use crate::mining::{HardestPair, Neighbor, PairHistograms, SemiHardTriplet, NO_INDEX};
+use crate::loss::IndexPair;
+use crate::mining::{
+    HardestPair, MarginPairs, Neighbor, PairHistograms, SemiHardTriplet, NO_INDEX,
+};
 
 /// Prepared rows and norms of one set, for pair distances.
 struct Set {
@@ -416,4 +419,52 @@ pub fn semi_hard_negatives<T: Copy + Into<f64> + Sync>(
             })
         })
         .collect())
+}
+
+/// Mirror of pair-margin mining: the unordered pairs `i < j` of the batch
+/// that are similar and farther than `positive_threshold`, or dissimilar and
+/// closer than `negative_threshold`, in `(i, j)` order, at most `capacity`.
+pub fn pair_margin_pairs<T: Copy + Into<f64> + Sync>(
+    x: &[T],
+    labels: &[u32],
+    d: usize,
+    options: DistanceOptions,
+    (positive_threshold, negative_threshold): (f32, f32),
+    capacity: usize,
+) -> Result<MarginPairs> {
+    let n = labels.len();
+    check_rows("X (the batch)", n, d, x.len())?;
+    let set = Set::new(x, d, options);
+    let flip = if options.distance == Distance::Dot {
+        -1.0
+    } else {
+        1.0
+    };
+    let rows: Vec<Vec<IndexPair>> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            ((i + 1)..n)
+                .filter_map(|j| {
+                    // Farther is larger in "value" space (minus a similarity).
+                    let v = flip * set.distance(i, &set, j, options);
+                    let similar = labels[i] == labels[j];
+                    let qualifies = if similar {
+                        v > flip * f64::from(positive_threshold)
+                    } else {
+                        v < flip * f64::from(negative_threshold)
+                    };
+                    qualifies.then_some(IndexPair {
+                        first: i as u32,
+                        second: j as u32,
+                        label: u32::from(similar),
+                    })
+                })
+                .collect()
+        })
+        .collect();
+    let all: Vec<IndexPair> = rows.into_iter().flatten().collect();
+    Ok(MarginPairs {
+        total: all.len() as u64,
+        pairs: all.into_iter().take(capacity).collect(),
+    })
 }
