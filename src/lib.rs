@@ -4,7 +4,8 @@
 //! learning: pairwise distances between sets of embeddings ([`distance`])
 //! and the contrastive loss of Hadsell, Chopra & LeCun with its gradients
 //! ([`loss`], where the formulas, presets and the role of the margin are
-//! explained), with a CPU reference path ([`mod@reference`]) that every
+//! explained), hard-negative mining and pair-distance statistics
+//! ([`mining`]), with a CPU reference path ([`mod@reference`]) that every
 //! kernel is tested against.
 //!
 //! ## Conventions
