@@ -18,7 +18,7 @@
 //!   verification threshold, without N x M memory.
 //!
 //! "Nearest" is the smallest distance, or the largest similarity for
-//! [`Distance::Dot`](crate::Distance::Dot). Ties go to the smaller index,
+//! [`Distance::Dot`]. Ties go to the smaller index,
 //! so results are deterministic. Where nothing qualifies the index is
 //! [`NO_INDEX`].
 //!
