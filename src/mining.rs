@@ -932,8 +932,15 @@ impl GpuContext {
         let vd = vec_dim(d);
         let max_rows = rows_per_dispatch(self, d)?;
         // Bank rows per chunk: a power of two (the candidate lists hold one
-        // chunk each and are sorted bitonically).
-        let col_chunk = prev_power_of_two(max_rows.min(MAX_COLUMNS_PER_DISPATCH));
+        // chunk each and are sorted bitonically), small enough that each
+        // query's k-th best is known early and prunes the later chunks (a
+        // first chunk of 16384 rows made every query sort 16384 candidates),
+        // large enough to keep the number of merges down.
+        let col_chunk = prev_power_of_two(
+            max_rows
+                .min(MAX_COLUMNS_PER_DISPATCH)
+                .min((4 * k).max(1024)),
+        );
         let capacity = col_chunk;
         let row_chunk = (binding / (capacity as u64 * ENTRY_BYTES))
             .min(binding / (k as u64 * ENTRY_BYTES))
