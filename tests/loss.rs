@@ -318,11 +318,13 @@ fn index_lists_match_the_reference() {
 #[test]
 fn the_peers_worked_values_are_reproduced_on_the_gpu() {
     // pytorch-metric-learning's ContrastiveLoss() defaults, in f32.
-    let text = std::fs::read_to_string(concat!(
+    // The peers' values live in the project's shared folder beside the
+    // checkout (CI lays it there too).
+    let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/reference-values/pml_default.json"
-    ))
-    .unwrap();
+    );
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let case: serde_json::Value = serde_json::from_str(&text).unwrap();
     let rows: Vec<Vec<f64>> = serde_json::from_value(case["embeddings"].clone()).unwrap();
     let d = rows[0].len();
