@@ -727,7 +727,6 @@ fn chunks(total: usize, chunk: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// Buffers the loss kernels reuse from call to call.
 struct LossWorkspace {
-    uploads: [GrowableBuffer; 6],
     prepared_x: GrowableBuffer,
     meta_x: GrowableBuffer,
     prepared_y: GrowableBuffer,
@@ -748,17 +747,8 @@ impl LossWorkspace {
         let storage = wgpu::BufferUsages::STORAGE;
         let copy_dst = wgpu::BufferUsages::COPY_DST;
         let copy_src = wgpu::BufferUsages::COPY_SRC;
-        let upload = |label| GrowableBuffer::new(label, storage | copy_dst);
         let output = |label| GrowableBuffer::new(label, storage | copy_src);
         Self {
-            uploads: [
-                upload("loss.upload_x"),
-                upload("loss.upload_x_labels"),
-                upload("loss.upload_x_ids"),
-                upload("loss.upload_y"),
-                upload("loss.upload_y_labels"),
-                upload("loss.upload_y_ids"),
-            ],
             prepared_x: GrowableBuffer::new("loss.prepared_x", storage),
             meta_x: GrowableBuffer::new("loss.meta_x", storage),
             prepared_y: GrowableBuffer::new("loss.prepared_y", storage),
@@ -781,23 +771,22 @@ impl LossWorkspace {
     }
 
     fn all(&self) -> impl Iterator<Item = &GrowableBuffer> {
-        self.uploads
-            .iter()
-            .chain([
-                &self.prepared_x,
-                &self.meta_x,
-                &self.prepared_y,
-                &self.meta_y,
-                &self.grad_parts_x,
-                &self.grad_parts_y,
-                &self.partials,
-                &self.pair_values,
-                &self.csr_counters,
-                &self.csr_offsets,
-                &self.csr_entries,
-                &self.staging,
-            ])
-            .chain(self.outputs.iter())
+        [
+            &self.prepared_x,
+            &self.meta_x,
+            &self.prepared_y,
+            &self.meta_y,
+            &self.grad_parts_x,
+            &self.grad_parts_y,
+            &self.partials,
+            &self.pair_values,
+            &self.csr_counters,
+            &self.csr_offsets,
+            &self.csr_entries,
+            &self.staging,
+        ]
+        .into_iter()
+        .chain(self.outputs.iter())
     }
 }
 
@@ -821,6 +810,8 @@ pub(crate) struct LossKernels {
     reduce: wgpu::ComputePipeline,
     finish: wgpu::ComputePipeline,
     workspace: Mutex<LossWorkspace>,
+    /// The slice API's copies of its inputs on the device.
+    uploads: Mutex<Uploads>,
 }
 
 impl LossKernels {
@@ -914,6 +905,7 @@ impl LossKernels {
             reduce_layout,
             finish_layout,
             workspace: Mutex::new(LossWorkspace::new()),
+            uploads: Mutex::new(Uploads::new()),
         })
     }
 
@@ -925,7 +917,16 @@ impl LossKernels {
 
     /// Bytes the workspace holds on the device now.
     pub(crate) fn workspace_bytes(&self) -> u64 {
-        self.lock_workspace().all().map(GrowableBuffer::size).sum()
+        let uploads = self
+            .uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let upload_bytes: u64 = uploads.buffers.iter().map(GrowableBuffer::size).sum();
+        self.lock_workspace()
+            .all()
+            .map(GrowableBuffer::size)
+            .sum::<u64>()
+            + upload_bytes
     }
 }
 
@@ -2145,22 +2146,21 @@ impl GpuContext {
     ) -> Result<LossResult> {
         let kernels = self.loss_kernels()?;
         let mut guard = kernels.lock_workspace();
+        let mut uploads = kernels
+            .uploads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         self.with_error_scope("computing the contrastive loss", || {
             let ws = &mut *guard;
             let device = self.device();
             let mut encoder = device.create_command_encoder(&Default::default());
-            let mut uploads = Uploads {
-                buffers: std::mem::replace(&mut ws.uploads, LossWorkspace::new().uploads),
-            };
             let flush = |encoder: &mut wgpu::CommandEncoder| -> Result<()> {
                 let recorded =
                     std::mem::replace(encoder, device.create_command_encoder(&Default::default()));
                 self.queue().submit([recorded.finish()]);
                 self.wait_idle()
             };
-            let recorded = record(kernels, ws, &mut encoder, &mut uploads, &flush);
-            ws.uploads = uploads.buffers;
-            let (totals, readback) = recorded?;
+            let (totals, readback) = record(kernels, ws, &mut encoder, &mut uploads, &flush)?;
             let pieces: Vec<(&wgpu::Buffer, u64)> = std::iter::once((&totals, LossTotals::SIZE))
                 .chain(readback.gradient.as_ref().map(|(b, n)| (b, bytes_of(*n))))
                 .chain(
@@ -2226,12 +2226,27 @@ struct ReadbackOwned {
     pair_values: Option<(wgpu::Buffer, usize)>,
 }
 
-/// The workspace's upload buffers, lent to one slice call.
+/// The slice API's input buffers, reused from call to call.
 struct Uploads {
     buffers: [GrowableBuffer; 6],
 }
 
 impl Uploads {
+    fn new() -> Self {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        Self {
+            buffers: [
+                "loss.upload_x",
+                "loss.upload_x_labels",
+                "loss.upload_x_ids",
+                "loss.upload_y",
+                "loss.upload_y_labels",
+                "loss.upload_y_ids",
+            ]
+            .map(|label| GrowableBuffer::new(label, usage)),
+        }
+    }
+
     /// Writes `values` into upload buffer `slot` and returns it.
     fn upload<T: bytemuck::Pod>(
         &mut self,
