@@ -94,6 +94,16 @@ pub enum Error {
         expected: &'static str,
     },
 
+    /// A `.npy` file could not be read or written, or holds the wrong kind
+    /// of array.
+    #[error("{path}: {reason}")]
+    Npy {
+        /// The file.
+        path: String,
+        /// What is wrong and what was expected.
+        reason: String,
+    },
+
     /// A caller-owned buffer is smaller than the shape needs.
     #[error("buffer `{what}` holds {actual} bytes, but the shape needs {needed}")]
     BufferTooSmall {

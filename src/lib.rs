@@ -62,6 +62,7 @@ pub mod distance;
 pub mod error;
 pub mod loss;
 pub mod mining;
+pub mod npy;
 pub mod reference;
 mod rows;
 pub mod synthetic;
