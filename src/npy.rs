@@ -40,8 +40,8 @@ fn dict_value<'a>(dict: &'a str, key: &str) -> Option<&'a str> {
     let rest = dict[start..].trim_start().strip_prefix(':')?.trim_start();
     let end = if rest.starts_with('(') {
         rest.find(')')? + 1
-    } else if rest.starts_with('\'') {
-        rest[1..].find('\'')? + 2
+    } else if let Some(quoted) = rest.strip_prefix('\'') {
+        quoted.find('\'')? + 2
     } else {
         rest.find([',', '}']).unwrap_or(rest.len())
     };
