@@ -515,6 +515,47 @@ struct HostSet<'a> {
     ids: Option<&'a [u32]>,
 }
 
+/// Which side of a tile computation a set of rows is prepared for.
+#[derive(Clone, Copy)]
+enum Slot {
+    X,
+    Y,
+}
+
+impl MiningWorkspace {
+    /// Prepares rows `first..first + count` of `side` into `slot`'s
+    /// buffers (uploading them first when they are on the host).
+    fn prepare(
+        &mut self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        slot: Slot,
+        side: Side<'_>,
+        range: (usize, usize, usize),
+        options: DistanceOptions,
+    ) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        let (uploads, targets) = match slot {
+            Slot::X => (
+                [
+                    &mut self.upload_x,
+                    &mut self.upload_x_labels,
+                    &mut self.upload_x_ids,
+                ],
+                (&mut self.prepared_x, &mut self.meta_x),
+            ),
+            Slot::Y => (
+                [
+                    &mut self.upload_y,
+                    &mut self.upload_y_labels,
+                    &mut self.upload_y_ids,
+                ],
+                (&mut self.prepared_y, &mut self.meta_y),
+            ),
+        };
+        prepare_side(ctx, encoder, side, range, options, uploads, targets)
+    }
+}
+
 /// Where one side's rows come from.
 #[derive(Clone, Copy)]
 enum Side<'a> {
@@ -994,18 +1035,13 @@ impl GpuContext {
                     })
                 };
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let (prepared_x, meta_x) = upload_and_prepare(
+                let (prepared_x, meta_x) = ws.prepare(
                     self,
                     &mut encoder,
-                    x,
+                    Slot::X,
+                    Side::Host(x),
                     (x0, rows, d),
                     options,
-                    [
-                        &mut ws.upload_x,
-                        &mut ws.upload_x_labels,
-                        &mut ws.upload_x_ids,
-                    ],
-                    (&mut ws.prepared_x, &mut ws.meta_x),
                 )?;
                 for_each_dispatch(
                     rows,
@@ -1038,18 +1074,13 @@ impl GpuContext {
                 let mut current = 0;
                 for y0 in (0..m).step_by(col_chunk) {
                     let cols = col_chunk.min(m - y0);
-                    let (prepared_y, meta_y) = upload_and_prepare(
+                    let (prepared_y, meta_y) = ws.prepare(
                         self,
                         &mut encoder,
-                        y,
+                        Slot::Y,
+                        Side::Host(y),
                         (y0, cols, d),
                         options,
-                        [
-                            &mut ws.upload_y,
-                            &mut ws.upload_y_labels,
-                            &mut ws.upload_y_ids,
-                        ],
-                        (&mut ws.prepared_y, &mut ws.meta_y),
                     )?;
                     let params = TileParams {
                         rows: to_u32(rows, "rows")?,
@@ -1236,32 +1267,8 @@ impl MiningKernels {
         let device = ctx.device();
         let vd = vec_dim(d);
         let ((x0, rows), (y0, cols)) = (block.x, block.y);
-        let (prepared_x, meta_x) = prepare_side(
-            ctx,
-            encoder,
-            x,
-            (x0, rows, d),
-            options,
-            [
-                &mut ws.upload_x,
-                &mut ws.upload_x_labels,
-                &mut ws.upload_x_ids,
-            ],
-            (&mut ws.prepared_x, &mut ws.meta_x),
-        )?;
-        let (prepared_y, meta_y) = prepare_side(
-            ctx,
-            encoder,
-            y,
-            (y0, cols, d),
-            options,
-            [
-                &mut ws.upload_y,
-                &mut ws.upload_y_labels,
-                &mut ws.upload_y_ids,
-            ],
-            (&mut ws.prepared_y, &mut ws.meta_y),
-        )?;
+        let (prepared_x, meta_x) = ws.prepare(ctx, encoder, Slot::X, x, (x0, rows, d), options)?;
+        let (prepared_y, meta_y) = ws.prepare(ctx, encoder, Slot::Y, y, (y0, cols, d), options)?;
         let params = TileParams {
             rows: to_u32(rows, "rows")?,
             cols: to_u32(cols, "rows")?,
@@ -1383,31 +1390,21 @@ impl GpuContext {
                     continue;
                 }
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let (prepared_x, meta_x) = upload_and_prepare(
+                let (prepared_x, meta_x) = ws.prepare(
                     self,
                     &mut encoder,
-                    set,
+                    Slot::X,
+                    Side::Host(set),
                     (a0, rows, d),
                     options,
-                    [
-                        &mut ws.upload_x,
-                        &mut ws.upload_x_labels,
-                        &mut ws.upload_x_ids,
-                    ],
-                    (&mut ws.prepared_x, &mut ws.meta_x),
                 )?;
-                let (prepared_y, meta_y) = upload_and_prepare(
+                let (prepared_y, meta_y) = ws.prepare(
                     self,
                     &mut encoder,
-                    set,
+                    Slot::Y,
+                    Side::Host(set),
                     (0, n, d),
                     options,
-                    [
-                        &mut ws.upload_y,
-                        &mut ws.upload_y_labels,
-                        &mut ws.upload_y_ids,
-                    ],
-                    (&mut ws.prepared_y, &mut ws.meta_y),
                 )?;
                 let keys = ws
                     .pair_keys
@@ -1653,31 +1650,21 @@ impl GpuContext {
                     .tile_counts
                     .ensure(device, bytes_of(entries + 1), max_buffer)?;
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let (prepared_x, meta_x) = upload_and_prepare(
+                let (prepared_x, meta_x) = ws.prepare(
                     self,
                     &mut encoder,
-                    set,
+                    Slot::X,
+                    Side::Host(set),
                     (a0, rows, d),
                     options,
-                    [
-                        &mut ws.upload_x,
-                        &mut ws.upload_x_labels,
-                        &mut ws.upload_x_ids,
-                    ],
-                    (&mut ws.prepared_x, &mut ws.meta_x),
                 )?;
-                let (prepared_y, meta_y) = upload_and_prepare(
+                let (prepared_y, meta_y) = ws.prepare(
                     self,
                     &mut encoder,
-                    set,
+                    Slot::Y,
+                    Side::Host(set),
                     (a0, cols, d),
                     options,
-                    [
-                        &mut ws.upload_y,
-                        &mut ws.upload_y_labels,
-                        &mut ws.upload_y_ids,
-                    ],
-                    (&mut ws.prepared_y, &mut ws.meta_y),
                 )?;
                 let tile = TileParams {
                     rows: to_u32(rows, "rows")?,
@@ -1913,31 +1900,21 @@ impl GpuContext {
                     if in_batch && y0 + cols <= x0 {
                         continue; // every pair here has j < i
                     }
-                    let (prepared_x, meta_x) = upload_and_prepare(
+                    let (prepared_x, meta_x) = ws.prepare(
                         self,
                         &mut encoder,
-                        x,
+                        Slot::X,
+                        Side::Host(x),
                         (x0, rows, d),
                         options,
-                        [
-                            &mut ws.upload_x,
-                            &mut ws.upload_x_labels,
-                            &mut ws.upload_x_ids,
-                        ],
-                        (&mut ws.prepared_x, &mut ws.meta_x),
                     )?;
-                    let (prepared_y, meta_y) = upload_and_prepare(
+                    let (prepared_y, meta_y) = ws.prepare(
                         self,
                         &mut encoder,
-                        y,
+                        Slot::Y,
+                        Side::Host(y),
                         (y0, cols, d),
                         options,
-                        [
-                            &mut ws.upload_y,
-                            &mut ws.upload_y_labels,
-                            &mut ws.upload_y_ids,
-                        ],
-                        (&mut ws.prepared_y, &mut ws.meta_y),
                     )?;
                     let params = TileParams {
                         rows: to_u32(rows, "rows")?,
