@@ -276,42 +276,59 @@ impl GpuContext {
         cached(&self.inner.distance, || DistanceKernels::new(self))
     }
 
-    /// Compiles `source` and builds one compute pipeline per spec, reporting device errors (e.g. a
-    /// backend that rejects the shader) as [`Error::Device`].
-    pub(crate) fn create_pipelines(
+    /// Compiles `source` once and builds its compute pipelines: each entry
+    /// of `per_kind` once per distance kind `0..kinds` (the shader's
+    /// `DISTANCE_KIND` override, so inner loops carry no branch), and each
+    /// entry of `plain` once. Device errors (e.g. a backend that rejects the
+    /// shader) become [`Error::Device`].
+    pub(crate) fn create_pipeline_set(
         &self,
         label: &'static str,
         source: &'static str,
-        specs: &[PipelineSpec<'_>],
-    ) -> Result<Vec<wgpu::ComputePipeline>> {
+        (per_kind, kinds): (&[(&str, &wgpu::BindGroupLayout)], u32),
+        plain: &[(&str, &wgpu::BindGroupLayout)],
+    ) -> Result<(Vec<Vec<wgpu::ComputePipeline>>, Vec<wgpu::ComputePipeline>)> {
         self.with_error_scope("creating compute pipelines", || {
             let device = self.device();
             let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             });
-            let pipelines = specs
-                .iter()
-                .map(|spec| {
-                    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                        label: Some(label),
-                        bind_group_layouts: &[Some(spec.layout)],
-                        immediate_size: 0,
-                    });
+            let build =
+                |entry_point: &str, layout: &wgpu::BindGroupLayout, constants: &[(&str, f64)]| {
+                    let pipeline_layout =
+                        device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                            label: Some(label),
+                            bind_group_layouts: &[Some(layout)],
+                            immediate_size: 0,
+                        });
                     device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                         label: Some(label),
-                        layout: Some(&layout),
+                        layout: Some(&pipeline_layout),
                         module: &module,
-                        entry_point: Some(spec.entry_point),
+                        entry_point: Some(entry_point),
                         compilation_options: wgpu::PipelineCompilationOptions {
-                            constants: spec.constants,
+                            constants,
                             zero_initialize_workgroup_memory: false,
                         },
                         cache: None,
                     })
+                };
+            let per_kind = per_kind
+                .iter()
+                .map(|&(entry_point, layout)| {
+                    (0..kinds)
+                        .map(|kind| {
+                            build(entry_point, layout, &[("DISTANCE_KIND", f64::from(kind))])
+                        })
+                        .collect()
                 })
                 .collect();
-            Ok(pipelines)
+            let plain = plain
+                .iter()
+                .map(|&(entry_point, layout)| build(entry_point, layout, &[]))
+                .collect();
+            Ok((per_kind, plain))
         })
     }
 
@@ -391,12 +408,12 @@ impl GpuContext {
     }
 }
 
-/// One compute pipeline to build from a shader module.
-pub(crate) struct PipelineSpec<'a> {
-    pub(crate) entry_point: &'a str,
-    pub(crate) layout: &'a wgpu::BindGroupLayout,
-    /// Values for the shader's `override` constants.
-    pub(crate) constants: &'a [(&'a str, f64)],
+/// `items` as an array of exactly `N`, for unpacking a pipeline set.
+pub(crate) fn exactly<T, const N: usize>(items: Vec<T>) -> Result<[T; N]> {
+    items.try_into().map_err(|_| Error::Device {
+        during: "creating compute pipelines",
+        message: "a pipeline is missing".into(),
+    })
 }
 
 /// `cell`'s value, created by `make` on first use. Two threads racing here

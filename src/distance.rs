@@ -32,7 +32,7 @@ use crate::binding::{
     bind_group, bind_group_layout, bytes_of, check_buffer, dispatch, sized_binding, to_u32,
     uniform_buffer, AlignedRange, BYTES_PER_VALUE, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
 };
-use crate::context::{ChunkLimits, GpuContext, PipelineSpec};
+use crate::context::{exactly, ChunkLimits, GpuContext};
 use crate::error::{Error, Result};
 use crate::rows::{meta_bytes, prepared_bytes, PreparedTarget, RowSource};
 use crate::workspace::GrowableBuffer;
@@ -518,19 +518,15 @@ impl DistanceKernels {
             "distance.pairwise",
             &[UNIFORM, READ, READ, READ, READ, READ_WRITE],
         );
-        let kind_constants: Vec<[(&str, f64); 1]> = Distance::ALL
-            .iter()
-            .map(|kind| [("DISTANCE_KIND", f64::from(kind.shader_code()))])
-            .collect();
-        let specs: Vec<PipelineSpec<'_>> = kind_constants
-            .iter()
-            .map(|constants| PipelineSpec {
-                entry_point: "pairwise",
-                layout: &layout,
-                constants: constants.as_slice(),
-            })
-            .collect();
-        let pairwise = ctx.create_pipelines("distance.wgsl", SHADER, &specs)?;
+        // One pipeline per kind, indexed by Distance::shader_code.
+        let kinds = Distance::ALL.len() as u32;
+        let (per_kind, _) = ctx.create_pipeline_set(
+            "distance.wgsl",
+            SHADER,
+            (&[("pairwise", &layout)], kinds),
+            &[],
+        )?;
+        let [pairwise] = exactly(per_kind)?;
         let storage = wgpu::BufferUsages::STORAGE;
         let upload = storage | wgpu::BufferUsages::COPY_DST;
         let workspace = DistanceWorkspace {

@@ -52,7 +52,7 @@ use crate::binding::{
     sized_binding, to_u32, uniform_buffer, AlignedRange, MAX_DISPATCH_WORK, READ, READ_WRITE,
     UNIFORM,
 };
-use crate::context::{GpuContext, PipelineSpec};
+use crate::context::{exactly, GpuContext};
 use crate::distance::Distance;
 use crate::error::{Error, Result};
 use crate::rows::{meta_bytes, prepared_bytes, PreparedTarget, RowSource};
@@ -846,56 +846,38 @@ impl LossKernels {
             "loss.finish_gradient",
             &[UNIFORM, READ, READ, READ, READ, READ_WRITE],
         );
-        let kinds: Vec<[(&str, f64); 1]> = (0..3)
-            .map(|code| [("DISTANCE_KIND", f64::from(code))])
-            .collect();
-        let mut specs = Vec::new();
-        for (entry_point, layout) in [
-            ("all_pairs", &all_pairs_layout),
-            ("pairs_forward", &pairs_forward_layout),
-        ] {
-            for constants in &kinds {
-                specs.push(PipelineSpec {
-                    entry_point,
-                    layout,
-                    constants: constants.as_slice(),
-                });
-            }
-        }
-        for (entry_point, layout) in [
-            ("count_rows", &csr_layout),
-            ("scan_offsets", &csr_layout),
-            ("fill_entries", &csr_layout),
-            ("sort_entries", &csr_layout),
-            ("pairs_gradient", &pairs_gradient_layout),
-            ("reduce_loss", &reduce_layout),
-            ("finish_gradient", &finish_layout),
-        ] {
-            specs.push(PipelineSpec {
-                entry_point,
-                layout,
-                constants: &[],
-            });
-        }
-        let mut pipelines = ctx
-            .create_pipelines("loss.wgsl", SHADER, &specs)?
-            .into_iter();
-        let mut next = || {
-            pipelines.next().ok_or(Error::Device {
-                during: "creating compute pipelines",
-                message: "a loss pipeline is missing".into(),
-            })
-        };
-        let all_pairs = vec![next()?, next()?, next()?];
-        let pairs_forward = vec![next()?, next()?, next()?];
+        // Euclidean, squared Euclidean and cosine (Dot is no distance).
+        let (per_kind, plain) = ctx.create_pipeline_set(
+            "loss.wgsl",
+            SHADER,
+            (
+                &[
+                    ("all_pairs", &all_pairs_layout),
+                    ("pairs_forward", &pairs_forward_layout),
+                ],
+                3,
+            ),
+            &[
+                ("count_rows", &csr_layout),
+                ("scan_offsets", &csr_layout),
+                ("fill_entries", &csr_layout),
+                ("sort_entries", &csr_layout),
+                ("pairs_gradient", &pairs_gradient_layout),
+                ("reduce_loss", &reduce_layout),
+                ("finish_gradient", &finish_layout),
+            ],
+        )?;
+        let [all_pairs, pairs_forward] = exactly(per_kind)?;
+        let [count_rows, scan_offsets, fill_entries, sort_entries, pairs_gradient, reduce, finish] =
+            exactly(plain)?;
         Ok(Self {
-            count_rows: next()?,
-            scan_offsets: next()?,
-            fill_entries: next()?,
-            sort_entries: next()?,
-            pairs_gradient: next()?,
-            reduce: next()?,
-            finish: next()?,
+            count_rows,
+            scan_offsets,
+            fill_entries,
+            sort_entries,
+            pairs_gradient,
+            reduce,
+            finish,
             all_pairs,
             pairs_forward,
             all_pairs_layout,

@@ -58,7 +58,7 @@ use crate::binding::{
     bind_group, bind_group_layout, bytes_of, dispatch, for_each_dispatch, sized_binding, to_u32,
     uniform_buffer, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
 };
-use crate::context::{GpuContext, PipelineSpec};
+use crate::context::{exactly, GpuContext};
 use crate::distance::{check_len, Distance, DistanceOptions};
 use crate::error::{Error, Result};
 use crate::loss::BankIds;
@@ -373,70 +373,47 @@ impl MiningKernels {
             "mining.accumulate_histogram",
             &[UNIFORM, READ_WRITE, READ_WRITE],
         );
-        let kinds: Vec<[(&str, f64); 1]> = Distance::ALL
-            .iter()
-            .map(|kind| [("DISTANCE_KIND", f64::from(kind.shader_code()))])
-            .collect();
-        let mut specs = Vec::new();
-        for (entry_point, layout) in [
-            ("batch_hard", &hard_layout),
-            ("topk_filter", &filter_layout),
-            ("pair_histogram", &histogram_layout),
-            ("semi_hard_keys", &keys_layout),
-            ("semi_hard_select", &select_layout),
-            ("margin_count", &margin_layout),
-            ("margin_fill", &margin_layout),
-        ] {
-            for constants in &kinds {
-                specs.push(PipelineSpec {
-                    entry_point,
-                    layout,
-                    constants: constants.as_slice(),
-                });
-            }
-        }
-        for (entry_point, layout) in [
-            ("topk_merge", &merge_layout),
-            ("topk_init", &init_layout),
-            ("topk_finish", &finish_layout),
-            ("accumulate_histogram", &accumulate_layout),
-            ("hardest_to_pairs", &convert_layout),
-            ("semi_hard_sort", &sort_layout),
-            ("margin_scan", &margin_layout),
-        ] {
-            specs.push(PipelineSpec {
-                entry_point,
-                layout,
-                constants: &[],
-            });
-        }
-        let mut pipelines = ctx
-            .create_pipelines("mining.wgsl", SHADER, &specs)?
-            .into_iter();
-        let mut next = || {
-            pipelines.next().ok_or(Error::Device {
-                during: "creating compute pipelines",
-                message: "a mining pipeline is missing".into(),
-            })
-        };
-        let batch_hard = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
-        let topk_filter = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
-        let pair_histogram = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
-        let semi_hard_keys = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
-        let semi_hard_select = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
-        let margin_count = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
-        let margin_fill = (0..4).map(|_| next()).collect::<Result<Vec<_>>>()?;
+        // Per-kind pipelines are indexed by Distance::shader_code.
+        let (per_kind, plain) = ctx.create_pipeline_set(
+            "mining.wgsl",
+            SHADER,
+            (
+                &[
+                    ("batch_hard", &hard_layout),
+                    ("topk_filter", &filter_layout),
+                    ("pair_histogram", &histogram_layout),
+                    ("semi_hard_keys", &keys_layout),
+                    ("semi_hard_select", &select_layout),
+                    ("margin_count", &margin_layout),
+                    ("margin_fill", &margin_layout),
+                ],
+                Distance::ALL.len() as u32,
+            ),
+            &[
+                ("topk_merge", &merge_layout),
+                ("topk_init", &init_layout),
+                ("topk_finish", &finish_layout),
+                ("accumulate_histogram", &accumulate_layout),
+                ("hardest_to_pairs", &convert_layout),
+                ("semi_hard_sort", &sort_layout),
+                ("margin_scan", &margin_layout),
+            ],
+        )?;
+        let [batch_hard, topk_filter, pair_histogram, semi_hard_keys, semi_hard_select, margin_count, margin_fill] =
+            exactly(per_kind)?;
+        let [topk_merge, topk_init, topk_finish, accumulate_histogram, hardest_to_pairs, semi_hard_sort, margin_scan] =
+            exactly(plain)?;
         let storage = wgpu::BufferUsages::STORAGE;
         let upload = |label| GrowableBuffer::new(label, storage | wgpu::BufferUsages::COPY_DST);
         let plain = |label| GrowableBuffer::new(label, storage);
         Ok(Self {
-            topk_merge: next()?,
-            topk_init: next()?,
-            topk_finish: next()?,
-            accumulate_histogram: next()?,
-            hardest_to_pairs: next()?,
-            semi_hard_sort: next()?,
-            margin_scan: next()?,
+            topk_merge,
+            topk_init,
+            topk_finish,
+            accumulate_histogram,
+            hardest_to_pairs,
+            semi_hard_sort,
+            margin_scan,
             margin_count,
             margin_fill,
             margin_layout,

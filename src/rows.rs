@@ -11,7 +11,7 @@ use crate::binding::{
     bind_group, bind_group_layout, dispatch, for_each_dispatch, offset_binding, to_u32,
     uniform_buffer, AlignedRange, BYTES_PER_VEC4, READ, READ_WRITE, UNIFORM,
 };
-use crate::context::{GpuContext, PipelineSpec};
+use crate::context::{exactly, GpuContext};
 use crate::error::{Error, Result};
 
 const SHADER: &str = include_str!("../shaders/rows.wgsl");
@@ -98,21 +98,9 @@ impl RowKernels {
             "rows.prepare_rows",
             &[UNIFORM, READ, READ, READ, READ_WRITE, READ_WRITE],
         );
-        let prepare = ctx
-            .create_pipelines(
-                "rows.wgsl",
-                SHADER,
-                &[PipelineSpec {
-                    entry_point: "prepare_rows",
-                    layout: &layout,
-                    constants: &[],
-                }],
-            )?
-            .pop()
-            .ok_or(Error::Device {
-                during: "creating compute pipelines",
-                message: "prepare_rows pipeline missing".into(),
-            })?;
+        let (_, plain) =
+            ctx.create_pipeline_set("rows.wgsl", SHADER, (&[], 0), &[("prepare_rows", &layout)])?;
+        let [prepare] = exactly(plain)?;
         let placeholder = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("rows.placeholder"),
             size: BYTES_PER_VEC4,
