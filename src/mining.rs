@@ -237,6 +237,74 @@ struct TileParams {
     extra: u32,
 }
 
+/// Which pairs of a tile dispatch count, and the entry point's own value
+/// (`TileParams::extra`).
+#[derive(Clone, Copy)]
+struct TileRule {
+    skip_same_index: bool,
+    skip_same_id: bool,
+    extra: usize,
+}
+
+/// What every tile entry point binds first (bindings 0 to 4): its
+/// parameters and both sides' prepared rows and metadata.
+struct Tile {
+    params: wgpu::Buffer,
+    x: (wgpu::Buffer, wgpu::Buffer),
+    y: (wgpu::Buffer, wgpu::Buffer),
+    rows: usize,
+    cols: usize,
+    vec_dim: usize,
+}
+
+impl Tile {
+    /// Rows `x0..x0 + rows` of the prepared side `x` against rows
+    /// `y0..y0 + cols` of `y`.
+    fn new(
+        ctx: &GpuContext,
+        (x, x0, rows): ((wgpu::Buffer, wgpu::Buffer), usize, usize),
+        (y, y0, cols): ((wgpu::Buffer, wgpu::Buffer), usize, usize),
+        vec_dim: usize,
+        rule: TileRule,
+    ) -> Result<Self> {
+        let params = TileParams {
+            rows: to_u32(rows, "rows")?,
+            cols: to_u32(cols, "rows")?,
+            vec_dim: to_u32(vec_dim, "D / 4")?,
+            x_first: to_u32(x0, "rows")?,
+            y_first: to_u32(y0, "rows")?,
+            skip_same_index: u32::from(rule.skip_same_index),
+            skip_same_id: u32::from(rule.skip_same_id),
+            extra: to_u32(rule.extra, "tile parameter")?,
+        };
+        Ok(Self {
+            params: uniform_buffer(ctx.device(), "mining.tile_params", &params),
+            x,
+            y,
+            rows,
+            cols,
+            vec_dim,
+        })
+    }
+
+    /// The shared bindings followed by `extra`, the entry point's own.
+    fn bindings<'a>(
+        &'a self,
+        extra: impl IntoIterator<Item = wgpu::BindingResource<'a>>,
+    ) -> Vec<wgpu::BindingResource<'a>> {
+        [
+            self.params.as_entire_binding(),
+            sized_binding(&self.x.0, prepared_bytes(self.rows, self.vec_dim)),
+            sized_binding(&self.y.0, prepared_bytes(self.cols, self.vec_dim)),
+            sized_binding(&self.x.1, meta_bytes(self.rows)),
+            sized_binding(&self.y.1, meta_bytes(self.cols)),
+        ]
+        .into_iter()
+        .chain(extra)
+        .collect()
+    }
+}
+
 /// Mirrors `ListParams` in shaders/mining.wgsl.
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -1012,7 +1080,7 @@ impl GpuContext {
                     })
                 };
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let (prepared_x, meta_x) = ws.prepare(
+                let prepared_x = ws.prepare(
                     self,
                     &mut encoder,
                     Slot::X,
@@ -1051,7 +1119,7 @@ impl GpuContext {
                 let mut current = 0;
                 for y0 in (0..m).step_by(col_chunk) {
                     let cols = col_chunk.min(m - y0);
-                    let (prepared_y, meta_y) = ws.prepare(
+                    let prepared_y = ws.prepare(
                         self,
                         &mut encoder,
                         Slot::Y,
@@ -1059,31 +1127,26 @@ impl GpuContext {
                         (y0, cols, d),
                         options,
                     )?;
-                    let params = TileParams {
-                        rows: to_u32(rows, "rows")?,
-                        cols: to_u32(cols, "rows")?,
-                        vec_dim: to_u32(vd, "D / 4")?,
-                        x_first: to_u32(x0, "rows")?,
-                        y_first: to_u32(y0, "rows")?,
-                        skip_same_index: 0,
-                        skip_same_id: u32::from(x.ids.is_some()),
-                        extra: to_u32(capacity, "capacity")?,
-                    };
-                    let params_buffer = uniform_buffer(device, "mining.tile_params", &params);
+                    let tile = Tile::new(
+                        self,
+                        (prepared_x.clone(), x0, rows),
+                        (prepared_y, y0, cols),
+                        vd,
+                        TileRule {
+                            skip_same_index: false,
+                            skip_same_id: x.ids.is_some(),
+                            extra: capacity,
+                        },
+                    )?;
                     let group = bind_group(
                         device,
                         "mining.topk_filter",
                         &kernels.filter_layout,
-                        vec![
-                            params_buffer.as_entire_binding(),
-                            sized_binding(&prepared_x, prepared_bytes(rows, vd)),
-                            sized_binding(&prepared_y, prepared_bytes(cols, vd)),
-                            sized_binding(&meta_x, meta_bytes(rows)),
-                            sized_binding(&meta_y, meta_bytes(cols)),
+                        tile.bindings([
                             thresholds.as_entire_binding(),
                             counts.as_entire_binding(),
                             candidates.as_entire_binding(),
-                        ],
+                        ]),
                     );
                     let groups = (
                         to_u32(cols.div_ceil(TILE).min(max_groups), "workgroups")?,
@@ -1244,31 +1307,34 @@ impl MiningKernels {
         let device = ctx.device();
         let vd = vec_dim(d);
         let ((x0, rows), (y0, cols)) = (block.x, block.y);
-        let (prepared_x, meta_x) = ws.prepare(ctx, encoder, Slot::X, x, (x0, rows, d), options)?;
-        let (prepared_y, meta_y) = ws.prepare(ctx, encoder, Slot::Y, y, (y0, cols, d), options)?;
-        let params = TileParams {
-            rows: to_u32(rows, "rows")?,
-            cols: to_u32(cols, "rows")?,
-            vec_dim: to_u32(vd, "D / 4")?,
-            x_first: to_u32(x0, "rows")?,
-            y_first: to_u32(y0, "rows")?,
-            skip_same_index: u32::from(block.in_batch),
-            skip_same_id: u32::from(block.skip_same_id),
-            extra: u32::from(!block.first_of_row),
-        };
-        let params_buffer = uniform_buffer(device, "mining.tile_params", &params);
+        let tile = Tile::new(
+            ctx,
+            (
+                ws.prepare(ctx, encoder, Slot::X, x, (x0, rows, d), options)?,
+                x0,
+                rows,
+            ),
+            (
+                ws.prepare(ctx, encoder, Slot::Y, y, (y0, cols, d), options)?,
+                y0,
+                cols,
+            ),
+            vd,
+            TileRule {
+                skip_same_index: block.in_batch,
+                skip_same_id: block.skip_same_id,
+                extra: usize::from(!block.first_of_row),
+            },
+        )?;
         let group = bind_group(
             device,
             "mining.batch_hard",
             &self.hard_layout,
-            vec![
-                params_buffer.as_entire_binding(),
-                sized_binding(&prepared_x, prepared_bytes(rows, vd)),
-                sized_binding(&prepared_y, prepared_bytes(cols, vd)),
-                sized_binding(&meta_x, meta_bytes(rows)),
-                sized_binding(&meta_y, meta_bytes(cols)),
-                crate::binding::offset_binding(out, offset, hardest_bytes(rows)),
-            ],
+            tile.bindings([crate::binding::offset_binding(
+                out,
+                offset,
+                hardest_bytes(rows),
+            )]),
         );
         let pipeline = &self.batch_hard[options.distance.shader_code() as usize];
         let groups = (to_u32(rows.div_ceil(TILE), "workgroups")?, 1);
@@ -1367,7 +1433,7 @@ impl GpuContext {
                     continue;
                 }
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let (prepared_x, meta_x) = ws.prepare(
+                let prepared_x = ws.prepare(
                     self,
                     &mut encoder,
                     Slot::X,
@@ -1375,7 +1441,7 @@ impl GpuContext {
                     (a0, rows, d),
                     options,
                 )?;
-                let (prepared_y, meta_y) = ws.prepare(
+                let prepared_y = ws.prepare(
                     self,
                     &mut encoder,
                     Slot::Y,
@@ -1383,6 +1449,8 @@ impl GpuContext {
                     (0, n, d),
                     options,
                 )?;
+                let meta_x = prepared_x.1.clone();
+                let meta_y = prepared_y.1.clone();
                 let keys = ws
                     .pair_keys
                     .ensure(device, bytes_of(rows * n), max_buffer)?;
@@ -1398,29 +1466,22 @@ impl GpuContext {
                 let out_bytes = (pairs.len() * std::mem::size_of::<SemiHardTriplet>()) as u64;
                 let out = ws.output.ensure(device, out_bytes, max_buffer)?;
                 let kind = options.distance.shader_code() as usize;
-                let tile = TileParams {
-                    rows: to_u32(rows, "rows")?,
-                    cols: to_u32(n, "rows")?,
-                    vec_dim: to_u32(vd, "D / 4")?,
-                    x_first: to_u32(a0, "rows")?,
-                    y_first: 0,
-                    skip_same_index: 1,
-                    skip_same_id: 0,
-                    extra: 0,
-                };
-                let params_buffer = uniform_buffer(device, "mining.tile_params", &tile);
+                let tile = Tile::new(
+                    self,
+                    (prepared_x, a0, rows),
+                    (prepared_y, 0, n),
+                    vd,
+                    TileRule {
+                        skip_same_index: true,
+                        skip_same_id: false,
+                        extra: 0,
+                    },
+                )?;
                 let group = bind_group(
                     device,
                     "mining.semi_hard_keys",
                     &kernels.keys_layout,
-                    vec![
-                        params_buffer.as_entire_binding(),
-                        sized_binding(&prepared_x, prepared_bytes(rows, vd)),
-                        sized_binding(&prepared_y, prepared_bytes(n, vd)),
-                        sized_binding(&meta_x, meta_bytes(rows)),
-                        sized_binding(&meta_y, meta_bytes(n)),
-                        sized_binding(&keys, bytes_of(rows * n)),
-                    ],
+                    tile.bindings([sized_binding(&keys, bytes_of(rows * n))]),
                 );
                 let groups = (
                     to_u32(n.div_ceil(TILE), "workgroups")?,
@@ -1627,33 +1688,39 @@ impl GpuContext {
                     .tile_counts
                     .ensure(device, bytes_of(entries + 1), max_buffer)?;
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let (prepared_x, meta_x) = ws.prepare(
+                let tile = Tile::new(
                     self,
-                    &mut encoder,
-                    Slot::X,
-                    Side::Host(set),
-                    (a0, rows, d),
-                    options,
+                    (
+                        ws.prepare(
+                            self,
+                            &mut encoder,
+                            Slot::X,
+                            Side::Host(set),
+                            (a0, rows, d),
+                            options,
+                        )?,
+                        a0,
+                        rows,
+                    ),
+                    (
+                        ws.prepare(
+                            self,
+                            &mut encoder,
+                            Slot::Y,
+                            Side::Host(set),
+                            (a0, cols, d),
+                            options,
+                        )?,
+                        a0,
+                        cols,
+                    ),
+                    vd,
+                    TileRule {
+                        skip_same_index: true,
+                        skip_same_id: false,
+                        extra: 0,
+                    },
                 )?;
-                let (prepared_y, meta_y) = ws.prepare(
-                    self,
-                    &mut encoder,
-                    Slot::Y,
-                    Side::Host(set),
-                    (a0, cols, d),
-                    options,
-                )?;
-                let tile = TileParams {
-                    rows: to_u32(rows, "rows")?,
-                    cols: to_u32(cols, "rows")?,
-                    vec_dim: to_u32(vd, "D / 4")?,
-                    x_first: to_u32(a0, "rows")?,
-                    y_first: to_u32(a0, "rows")?,
-                    skip_same_index: 1,
-                    skip_same_id: 0,
-                    extra: 0,
-                };
-                let tile_buffer = uniform_buffer(device, "mining.tile_params", &tile);
                 let record = |encoder: &mut wgpu::CommandEncoder,
                               label: &'static str,
                               pipeline: &wgpu::ComputePipeline,
@@ -1674,16 +1741,11 @@ impl GpuContext {
                         device,
                         label,
                         &kernels.margin_layout,
-                        vec![
-                            tile_buffer.as_entire_binding(),
-                            sized_binding(&prepared_x, prepared_bytes(rows, vd)),
-                            sized_binding(&prepared_y, prepared_bytes(cols, vd)),
-                            sized_binding(&meta_x, meta_bytes(rows)),
-                            sized_binding(&meta_y, meta_bytes(cols)),
+                        tile.bindings([
                             params_buffer.as_entire_binding(),
                             sized_binding(&counts, bytes_of(entries + 1)),
                             sized_binding(&out, out_capacity as u64 * 16),
-                        ],
+                        ]),
                     );
                     dispatch(encoder, label, pipeline, &group, groups);
                     Ok(())
@@ -1877,46 +1939,47 @@ impl GpuContext {
                     if in_batch && y0 + cols <= x0 {
                         continue; // every pair here has j < i
                     }
-                    let (prepared_x, meta_x) = ws.prepare(
+                    let tile = Tile::new(
                         self,
-                        &mut encoder,
-                        Slot::X,
-                        Side::Host(x),
-                        (x0, rows, d),
-                        options,
+                        (
+                            ws.prepare(
+                                self,
+                                &mut encoder,
+                                Slot::X,
+                                Side::Host(x),
+                                (x0, rows, d),
+                                options,
+                            )?,
+                            x0,
+                            rows,
+                        ),
+                        (
+                            ws.prepare(
+                                self,
+                                &mut encoder,
+                                Slot::Y,
+                                Side::Host(y),
+                                (y0, cols, d),
+                                options,
+                            )?,
+                            y0,
+                            cols,
+                        ),
+                        vd,
+                        TileRule {
+                            skip_same_index: in_batch,
+                            skip_same_id: x.ids.is_some(),
+                            extra: bins,
+                        },
                     )?;
-                    let (prepared_y, meta_y) = ws.prepare(
-                        self,
-                        &mut encoder,
-                        Slot::Y,
-                        Side::Host(y),
-                        (y0, cols, d),
-                        options,
-                    )?;
-                    let params = TileParams {
-                        rows: to_u32(rows, "rows")?,
-                        cols: to_u32(cols, "rows")?,
-                        vec_dim: to_u32(vd, "D / 4")?,
-                        x_first: to_u32(x0, "rows")?,
-                        y_first: to_u32(y0, "rows")?,
-                        skip_same_index: u32::from(in_batch),
-                        skip_same_id: u32::from(x.ids.is_some()),
-                        extra: to_u32(bins, "bins")?,
-                    };
-                    let params_buffer = uniform_buffer(device, "mining.tile_params", &params);
                     let group = bind_group(
                         device,
                         "mining.pair_histogram",
                         &kernels.histogram_layout,
-                        vec![
-                            params_buffer.as_entire_binding(),
-                            sized_binding(&prepared_x, prepared_bytes(rows, vd)),
-                            sized_binding(&prepared_y, prepared_bytes(cols, vd)),
-                            sized_binding(&meta_x, meta_bytes(rows)),
-                            sized_binding(&meta_y, meta_bytes(cols)),
+                        tile.bindings([
                             sized_binding(&edge_buffer, bytes_of(edges.len())),
                             sized_binding(&counts32, bytes_of(entries)),
-                        ],
+                        ]),
                     );
                     let groups = (
                         to_u32(cols.div_ceil(TILE), "workgroups")?,
