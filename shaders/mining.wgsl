@@ -361,13 +361,37 @@ struct ListParams {
 
 @group(0) @binding(0) var<uniform> lp: ListParams;
 @group(0) @binding(1) var<storage, read_write> merge_counts: array<atomic<u32>>;
-@group(0) @binding(2) var<storage, read_write> merge_candidates: array<vec2<u32>>;
+// Candidate lists (topk_merge) and each anchor's negatives (semi-hard),
+// sorted in place by bitonic_sort.
+@group(0) @binding(2) var<storage, read_write> sortable: array<vec2<u32>>;
 // The best k of each query so far, sorted; merged into list_out.
 @group(0) @binding(3) var<storage, read> list_in: array<vec2<u32>>;
 @group(0) @binding(4) var<storage, read_write> list_out: array<vec2<u32>>;
 @group(0) @binding(5) var<storage, read_write> merge_thresholds: array<vec2<u32>>;
 
 var<workgroup> merge_count: u32;
+
+// Sorts sortable[base .. base + size) by (key, index), ascending, in place
+// (bitonic network). `size` is a power of two, the same for the whole
+// workgroup of 256, and every invocation must call this (it synchronises).
+fn bitonic_sort(base: u32, size: u32, local: u32) {
+    for (var block = 2u; block <= size; block = block * 2u) {
+        for (var stride = block / 2u; stride > 0u; stride = stride / 2u) {
+            for (var t = local; t < size / 2u; t = t + 256u) {
+                let i = 2u * stride * (t / stride) + t % stride;
+                let j = i + stride;
+                let ascending = (i & block) == 0u;
+                let a = sortable[base + i];
+                let b = sortable[base + j];
+                if (pair_less(b, a) == ascending) {
+                    sortable[base + i] = b;
+                    sortable[base + j] = a;
+                }
+            }
+            storageBarrier();
+        }
+    }
+}
 
 // One workgroup per query: sort the chunk's candidates (bitonic, in place)
 // and merge them with the best k so far.
@@ -390,25 +414,10 @@ fn topk_merge(
         size = size * 2u;
     }
     for (var t = count + local; t < size; t = t + 256u) {
-        merge_candidates[base + t] = vec2<u32>(NONE, NONE);
+        sortable[base + t] = vec2<u32>(NONE, NONE);
     }
     storageBarrier();
-    for (var block = 2u; block <= size; block = block * 2u) {
-        for (var stride = block / 2u; stride > 0u; stride = stride / 2u) {
-            for (var t = local; t < size / 2u; t = t + 256u) {
-                let i = 2u * stride * (t / stride) + t % stride;
-                let j = i + stride;
-                let ascending = (i & block) == 0u;
-                let a = merge_candidates[base + i];
-                let b = merge_candidates[base + j];
-                if (pair_less(b, a) == ascending) {
-                    merge_candidates[base + i] = b;
-                    merge_candidates[base + j] = a;
-                }
-            }
-            storageBarrier();
-        }
-    }
+    bitonic_sort(base, size, local);
     // Merge path: output t takes i from the old list and t - i from the
     // candidates, i the smallest with candidates[t - i - 1] < old[i].
     let k = lp.k;
@@ -419,7 +428,7 @@ fn topk_merge(
         while (lo < hi) {
             let mid = (lo + hi) / 2u;
             let j = t - mid;
-            if (j > 0u && mid < k && pair_less(list_in[old + mid], merge_candidates[base + j - 1u])) {
+            if (j > 0u && mid < k && pair_less(list_in[old + mid], sortable[base + j - 1u])) {
                 lo = mid + 1u;
             } else {
                 hi = mid;
@@ -428,10 +437,10 @@ fn topk_merge(
         let i = lo;
         let j = t - i;
         var next: vec2<u32>;
-        if (i < k && (j >= count || pair_less(list_in[old + i], merge_candidates[base + j]))) {
+        if (i < k && (j >= count || pair_less(list_in[old + i], sortable[base + j]))) {
             next = list_in[old + i];
         } else {
-            next = merge_candidates[base + j];
+            next = sortable[base + j];
         }
         list_out[old + t] = next;
     }
@@ -653,10 +662,8 @@ struct SemiHardParams {
 
 @group(0) @binding(0) var<uniform> sp: SemiHardParams;
 @group(0) @binding(1) var<storage, read> sh_keys: array<u32>;
-@group(0) @binding(2) var<storage, read> sh_meta_x: array<vec4<u32>>;
-@group(0) @binding(3) var<storage, read> sh_meta_y: array<vec4<u32>>;
-// Per anchor: its negatives as (key, index), ascending, then (NONE, NONE).
-@group(0) @binding(4) var<storage, read_write> sorted_negatives: array<vec2<u32>>;
+@group(0) @binding(3) var<storage, read> sh_meta_x: array<vec4<u32>>;
+@group(0) @binding(4) var<storage, read> sh_meta_y: array<vec4<u32>>;
 
 // One workgroup per anchor: its negatives, sorted (bitonic, in place).
 @compute @workgroup_size(256)
@@ -677,26 +684,10 @@ fn semi_hard_sort(
                 entry = vec2<u32>(key, t);
             }
         }
-        sorted_negatives[base + t] = entry;
+        sortable[base + t] = entry;
     }
     storageBarrier();
-    let size = sp.stride;
-    for (var block = 2u; block <= size; block = block * 2u) {
-        for (var stride = block / 2u; stride > 0u; stride = stride / 2u) {
-            for (var t = local; t < size / 2u; t = t + 256u) {
-                let i = 2u * stride * (t / stride) + t % stride;
-                let j = i + stride;
-                let ascending = (i & block) == 0u;
-                let x = sorted_negatives[base + i];
-                let y = sorted_negatives[base + j];
-                if (pair_less(y, x) == ascending) {
-                    sorted_negatives[base + i] = y;
-                    sorted_negatives[base + j] = x;
-                }
-            }
-            storageBarrier();
-        }
-    }
+    bitonic_sort(base, sp.stride, local);
 }
 
 // (anchor within the block, positive) per pair in; (anchor, positive,
@@ -711,7 +702,7 @@ fn first_above(base: u32, count: u32, key: u32, inclusive: bool) -> u32 {
     var hi = count;
     while (lo < hi) {
         let mid = (lo + hi) / 2u;
-        let k = sorted_negatives[base + mid].x;
+        let k = sortable[base + mid].x;
         if (k < key || (!inclusive && k == key)) {
             lo = mid + 1u;
         } else {
@@ -741,15 +732,15 @@ fn semi_hard_select(
     if (sp.use_margin != 0u) {
         // In value space (distance, or minus the similarity), d_an < d_ap + m.
         let limit = orderable(from_orderable(key_ap) + sp.margin);
-        if (outside < count && sorted_negatives[base + outside].x < limit) {
-            chosen = sorted_negatives[base + outside];
+        if (outside < count && sortable[base + outside].x < limit) {
+            chosen = sortable[base + outside];
         }
     } else if (outside < count) {
-        chosen = sorted_negatives[base + outside];
+        chosen = sortable[base + outside];
     } else if (count > 0u) {
         // No negative is farther: the farthest one, smallest index on ties.
-        let farthest = sorted_negatives[base + count - 1u].x;
-        chosen = sorted_negatives[base + first_above(base, count, farthest, true)];
+        let farthest = sortable[base + count - 1u].x;
+        chosen = sortable[base + first_above(base, count, farthest, true)];
     }
     var distance = 0x7f800000u;
     if (chosen.y != NONE) {

@@ -419,12 +419,12 @@ impl MiningKernels {
         let sort_layout = bind_group_layout(
             device,
             "mining.semi_hard_sort",
-            &[UNIFORM, READ, READ, READ, READ_WRITE],
+            &[UNIFORM, READ, READ_WRITE, READ, READ],
         );
         let select_layout = bind_group_layout(
             device,
             "mining.semi_hard_select",
-            &[UNIFORM, READ, READ, READ, READ_WRITE, READ, READ_WRITE],
+            &[UNIFORM, READ, READ_WRITE, READ, READ, READ, READ_WRITE],
         );
         let margin_layout = bind_group_layout(
             device,
@@ -1522,9 +1522,9 @@ impl GpuContext {
                             vec![
                                 params_buffer.as_entire_binding(),
                                 sized_binding(&keys, bytes_of(rows * n)),
+                                sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
                                 sized_binding(&meta_x, meta_bytes(rows)),
                                 sized_binding(&meta_y, meta_bytes(n)),
-                                sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
                             ],
                         );
                         dispatch(
@@ -1551,9 +1551,9 @@ impl GpuContext {
                             vec![
                                 params_buffer.as_entire_binding(),
                                 sized_binding(&keys, bytes_of(rows * n)),
+                                sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
                                 sized_binding(&meta_x, meta_bytes(rows)),
                                 sized_binding(&meta_y, meta_bytes(n)),
-                                sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
                                 sized_binding(&pair_list, pairs.len() as u64 * ENTRY_BYTES),
                                 sized_binding(&out, out_bytes),
                             ],
