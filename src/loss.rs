@@ -770,6 +770,23 @@ impl LossWorkspace {
         }
     }
 
+    /// Output `slot` of the slice API (0 totals, 1 gradient, 2 second
+    /// gradient or bank gradient, 3 per-pair values) with room for `bytes`.
+    fn output(&mut self, ctx: &GpuContext, slot: usize, bytes: u64) -> Result<wgpu::Buffer> {
+        self.outputs[slot].ensure(ctx.device(), bytes, ctx.chunk_limits().max_buffer_bytes)
+    }
+
+    /// [`LossWorkspace::output`] where `wanted`, else `None`.
+    fn optional_output(
+        &mut self,
+        ctx: &GpuContext,
+        slot: usize,
+        wanted: bool,
+        bytes: u64,
+    ) -> Result<Option<wgpu::Buffer>> {
+        wanted.then(|| self.output(ctx, slot, bytes)).transpose()
+    }
+
     fn all(&self) -> impl Iterator<Item = &GrowableBuffer> {
         [
             &self.prepared_x,
@@ -1628,21 +1645,8 @@ impl GpuContext {
         self.run_loss(|kernels, ws, encoder, uploads, flush| {
             let x = uploads.upload(self, 0, x)?;
             let labels = uploads.upload(self, 1, labels)?;
-            let totals = ws.outputs[0].ensure(
-                self.device(),
-                LossTotals::SIZE,
-                self.chunk_limits().max_buffer_bytes,
-            )?;
-            let gradient = gradients
-                .first()
-                .then(|| {
-                    ws.outputs[1].ensure(
-                        self.device(),
-                        bytes_of(n * d),
-                        self.chunk_limits().max_buffer_bytes,
-                    )
-                })
-                .transpose()?;
+            let totals = ws.output(self, 0, LossTotals::SIZE)?;
+            let gradient = ws.optional_output(self, 1, gradients.first(), bytes_of(n * d))?;
             let job = AllPairsJob {
                 x: DeviceSet {
                     rows: &x,
@@ -1699,7 +1703,6 @@ impl GpuContext {
             crate::distance::check_len("bank ids", m, ids.bank.len())?;
         }
         self.run_loss(|kernels, ws, encoder, uploads, flush| {
-            let device = self.device();
             let q = uploads.upload(self, 0, queries)?;
             let q_labels = uploads.upload(self, 1, query_labels)?;
             let b = uploads.upload(self, 3, bank)?;
@@ -1711,31 +1714,9 @@ impl GpuContext {
                 ),
                 None => (None, None),
             };
-            let totals = ws.outputs[0].ensure(
-                device,
-                LossTotals::SIZE,
-                self.chunk_limits().max_buffer_bytes,
-            )?;
-            let gradient = gradients
-                .first()
-                .then(|| {
-                    ws.outputs[1].ensure(
-                        device,
-                        bytes_of(n * d),
-                        self.chunk_limits().max_buffer_bytes,
-                    )
-                })
-                .transpose()?;
-            let bank_gradient = gradients
-                .second()
-                .then(|| {
-                    ws.outputs[2].ensure(
-                        device,
-                        bytes_of(m * d),
-                        self.chunk_limits().max_buffer_bytes,
-                    )
-                })
-                .transpose()?;
+            let totals = ws.output(self, 0, LossTotals::SIZE)?;
+            let gradient = ws.optional_output(self, 1, gradients.first(), bytes_of(n * d))?;
+            let bank_gradient = ws.optional_output(self, 2, gradients.second(), bytes_of(m * d))?;
             let job = AllPairsJob {
                 x: DeviceSet {
                     rows: &q,
@@ -1788,40 +1769,14 @@ impl GpuContext {
         crate::distance::check_len("X2", values, x2.len())?;
         check_pair_labels("y", y.iter().copied())?;
         self.run_loss(|kernels, ws, encoder, uploads, _flush| {
-            let device = self.device();
             let first = uploads.upload(self, 0, x1)?;
             let labels = uploads.upload(self, 1, y)?;
             let second = uploads.upload(self, 3, x2)?;
-            let totals = ws.outputs[0].ensure(
-                device,
-                LossTotals::SIZE,
-                self.chunk_limits().max_buffer_bytes,
-            )?;
-            let gradient = gradients
-                .first()
-                .then(|| {
-                    ws.outputs[1].ensure(
-                        device,
-                        bytes_of(b * d),
-                        self.chunk_limits().max_buffer_bytes,
-                    )
-                })
-                .transpose()?;
-            let second_gradient = gradients
-                .second()
-                .then(|| {
-                    ws.outputs[2].ensure(
-                        device,
-                        bytes_of(b * d),
-                        self.chunk_limits().max_buffer_bytes,
-                    )
-                })
-                .transpose()?;
-            let pair_values = ws.outputs[3].ensure(
-                device,
-                prepared_bytes(b, 1),
-                self.chunk_limits().max_buffer_bytes,
-            )?;
+            let totals = ws.output(self, 0, LossTotals::SIZE)?;
+            let gradient = ws.optional_output(self, 1, gradients.first(), bytes_of(b * d))?;
+            let second_gradient =
+                ws.optional_output(self, 2, gradients.second(), bytes_of(b * d))?;
+            let pair_values = ws.output(self, 3, prepared_bytes(b, 1))?;
             let job = PairListJob {
                 first: DeviceSet {
                     rows: &first,
@@ -1880,29 +1835,11 @@ impl GpuContext {
         let count = pairs.len();
         let device_pairs = IndexPair::to_device(pairs);
         self.run_loss(|kernels, ws, encoder, uploads, _flush| {
-            let device = self.device();
             let rows = uploads.upload(self, 0, x)?;
             let list = uploads.upload(self, 1, &device_pairs)?;
-            let totals = ws.outputs[0].ensure(
-                device,
-                LossTotals::SIZE,
-                self.chunk_limits().max_buffer_bytes,
-            )?;
-            let gradient = gradients
-                .first()
-                .then(|| {
-                    ws.outputs[1].ensure(
-                        device,
-                        bytes_of(n * d),
-                        self.chunk_limits().max_buffer_bytes,
-                    )
-                })
-                .transpose()?;
-            let pair_values = ws.outputs[3].ensure(
-                device,
-                prepared_bytes(count, 1),
-                self.chunk_limits().max_buffer_bytes,
-            )?;
+            let totals = ws.output(self, 0, LossTotals::SIZE)?;
+            let gradient = ws.optional_output(self, 1, gradients.first(), bytes_of(n * d))?;
+            let pair_values = ws.output(self, 3, prepared_bytes(count, 1))?;
             let job = PairListJob {
                 first: DeviceSet {
                     rows: &rows,
