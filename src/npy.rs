@@ -3,8 +3,10 @@
 //! it.
 //!
 //! Supported: little-endian (or single-byte) arrays in C order of `f4`,
-//! `f8` (embeddings) and `i1 i2 i4 i8 u1 u2 u4 u8` (labels). Anything else is
-//! an [`Error::Npy`] that says what the file holds and what was expected.
+//! `f8` and `i1 u1 i2 u2` (embeddings or input features, e.g. pixels; the
+//! small integers convert to `f32` exactly) and `i1 i2 i4 i8 u1 u2 u4 u8`
+//! (labels). Anything else is an [`Error::Npy`] that says what the file
+//! holds and what was expected.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -131,7 +133,8 @@ fn decode<T>(
     Ok(data[..needed].chunks_exact(size).map(convert).collect())
 }
 
-/// Reads a 2-D array of `f4` or `f8` (converted to `f32`): embeddings,
+/// Reads a 2-D array of `f4`, `f8` or of 8- or 16-bit integers (all
+/// converted to `f32`; the integers exactly): embeddings or input features,
 /// one row per item.
 pub fn read_f32_matrix(path: impl AsRef<Path>) -> Result<NpyArray<f32>> {
     let path = path.as_ref();
@@ -146,19 +149,31 @@ pub fn read_f32_matrix(path: impl AsRef<Path>) -> Result<NpyArray<f32>> {
         ));
     }
     let count = header.shape.iter().product();
-    let values = match header.descr.as_str() {
-        "<f4" | "=f4" => decode(path, &data, count, 4, |b| {
+    let values = match header.descr.trim_start_matches(['<', '=', '|']) {
+        "f4" => decode(path, &data, count, 4, |b| {
             f32::from_le_bytes([b[0], b[1], b[2], b[3]])
         })?,
-        "<f8" | "=f8" => decode(path, &data, count, 8, |b| {
+        "f8" => decode(path, &data, count, 8, |b| {
             let mut raw = [0u8; 8];
             raw.copy_from_slice(b);
             f64::from_le_bytes(raw) as f32
         })?,
-        other => {
+        "u1" => decode(path, &data, count, 1, |b| f32::from(b[0]))?,
+        "i1" => decode(path, &data, count, 1, |b| f32::from(b[0] as i8))?,
+        "u2" => decode(path, &data, count, 2, |b| {
+            f32::from(u16::from_le_bytes([b[0], b[1]]))
+        })?,
+        "i2" => decode(path, &data, count, 2, |b| {
+            f32::from(i16::from_le_bytes([b[0], b[1]]))
+        })?,
+        _ => {
             return Err(npy_error(
                 path,
-                format!("has dtype {other}; embeddings must be float32 (<f4) or float64 (<f8)"),
+                format!(
+                    "has dtype {}; embeddings must be float32 (<f4) or float64 (<f8), or \
+                     features of 8- or 16-bit integers (u1, i1, <u2, <i2)",
+                    header.descr
+                ),
             ))
         }
     };

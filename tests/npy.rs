@@ -63,6 +63,38 @@ fn float32_and_float64_embeddings_and_integer_labels_are_read() {
 }
 
 #[test]
+fn small_integer_feature_matrices_convert_to_f32_exactly() {
+    let path = temp("u1.npy");
+    std::fs::write(&path, numpy_file("|u1", "(2, 2)", &[0, 16, 255, 7])).unwrap();
+    let array = npy::read_f32_matrix(&path).unwrap();
+    assert_eq!(array.shape, vec![2, 2]);
+    assert_eq!(array.values, vec![0.0, 16.0, 255.0, 7.0]);
+
+    let path = temp("i1.npy");
+    std::fs::write(&path, numpy_file("|i1", "(1, 2)", &[0x80, 0x7f])).unwrap();
+    assert_eq!(
+        npy::read_f32_matrix(&path).unwrap().values,
+        vec![-128.0, 127.0]
+    );
+
+    let values = [-32768i16, 32767, 0];
+    let data: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let path = temp("i2.npy");
+    std::fs::write(&path, numpy_file("<i2", "(3, 1)", &data)).unwrap();
+    assert_eq!(
+        npy::read_f32_matrix(&path).unwrap().values,
+        vec![-32768.0, 32767.0, 0.0]
+    );
+    let data: Vec<u8> = [65535u16, 1].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let path = temp("u2.npy");
+    std::fs::write(&path, numpy_file("<u2", "(1, 2)", &data)).unwrap();
+    assert_eq!(
+        npy::read_f32_matrix(&path).unwrap().values,
+        vec![65535.0, 1.0]
+    );
+}
+
+#[test]
 fn written_files_read_back_and_follow_the_format() {
     let path = temp("out.npy");
     npy::write_f32(&path, &[2, 2], &[1.0, 2.0, 3.0, 4.0]).unwrap();
@@ -94,6 +126,9 @@ fn bad_files_are_clear_errors() {
     let path = temp("int_embeddings.npy");
     std::fs::write(&path, numpy_file("<i8", "(1, 2)", &[0u8; 16])).unwrap();
     assert!(reason(npy::read_f32_matrix(&path)).contains("must be float32"));
+    let path = temp("big_endian.npy");
+    std::fs::write(&path, numpy_file(">f4", "(1, 1)", &[0u8; 4])).unwrap();
+    assert!(reason(npy::read_f32_matrix(&path)).contains(">f4"));
     let path = temp("one_d.npy");
     std::fs::write(&path, numpy_file("<f4", "(4,)", &[0u8; 16])).unwrap();
     assert!(reason(npy::read_f32_matrix(&path)).contains("2 dimensions"));
