@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use crate::distance::DistanceKernels;
 use crate::error::{Error, Result};
+use crate::linear::LinearKernels;
 use crate::loss::LossKernels;
 use crate::mining::MiningKernels;
 use crate::rows::RowKernels;
@@ -94,6 +95,7 @@ struct ContextInner {
     distance: OnceLock<DistanceKernels>,
     loss: OnceLock<LossKernels>,
     mining: OnceLock<MiningKernels>,
+    linear: OnceLock<LinearKernels>,
 }
 
 /// A wgpu device and queue with the crate's kernels.
@@ -236,6 +238,7 @@ impl GpuContext {
                 distance: OnceLock::new(),
                 loss: OnceLock::new(),
                 mining: OnceLock::new(),
+                linear: OnceLock::new(),
             }),
         }
     }
@@ -274,6 +277,10 @@ impl GpuContext {
 
     pub(crate) fn distance_kernels(&self) -> Result<&DistanceKernels> {
         cached(&self.inner.distance, || DistanceKernels::new(self))
+    }
+
+    pub(crate) fn linear_kernels(&self) -> Result<&LinearKernels> {
+        cached(&self.inner.linear, || LinearKernels::new(self))
     }
 
     /// Compiles `source` once and builds its compute pipelines: each entry

@@ -104,6 +104,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// An input the computation needs was not given.
+    #[error("`{what}` is missing: {why}")]
+    MissingInput {
+        /// Which input.
+        what: &'static str,
+        /// Why the computation needs it.
+        why: &'static str,
+    },
+
     /// A caller-owned buffer is smaller than the shape needs.
     #[error("buffer `{what}` holds {actual} bytes, but the shape needs {needed}")]
     BufferTooSmall {

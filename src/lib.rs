@@ -60,6 +60,7 @@ mod binding;
 pub mod context;
 pub mod distance;
 pub mod error;
+pub mod linear;
 pub mod loss;
 pub mod mining;
 pub mod npy;
@@ -71,6 +72,10 @@ mod workspace;
 pub use context::{AdapterDescription, ChunkLimits, ContextOptions, GpuContext};
 pub use distance::{Distance, DistanceBuffers, DistanceOptions, PairwiseShape};
 pub use error::{Error, Result};
+pub use linear::{
+    Activation, GradientWrite, LinearBackwardBuffers, LinearForwardBuffers, LinearGradients,
+    LinearShape,
+};
 pub use loss::{
     BankBuffers, BankIds, ContrastiveLoss, Gradients, InBatchBuffers, IndexPair, IndexPairBuffers,
     LossResult, LossTotals, PairBuffers, PairCounts, Power, Reduction,

@@ -18,6 +18,7 @@
 //! reference value beyond `f32::MAX` expects the GPU's `±inf`.
 
 pub mod distance;
+pub mod linear;
 pub mod loss;
 pub mod mining;
 pub mod rows;
