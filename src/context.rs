@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::linear::LinearKernels;
 use crate::loss::LossKernels;
 use crate::mining::MiningKernels;
+use crate::optim::OptimKernels;
 use crate::rows::RowKernels;
 
 /// What the crate knows about the adapter it runs on; print it next to any
@@ -96,6 +97,7 @@ struct ContextInner {
     loss: OnceLock<LossKernels>,
     mining: OnceLock<MiningKernels>,
     linear: OnceLock<LinearKernels>,
+    optim: OnceLock<OptimKernels>,
 }
 
 /// A wgpu device and queue with the crate's kernels.
@@ -239,6 +241,7 @@ impl GpuContext {
                 loss: OnceLock::new(),
                 mining: OnceLock::new(),
                 linear: OnceLock::new(),
+                optim: OnceLock::new(),
             }),
         }
     }
@@ -281,6 +284,10 @@ impl GpuContext {
 
     pub(crate) fn linear_kernels(&self) -> Result<&LinearKernels> {
         cached(&self.inner.linear, || LinearKernels::new(self))
+    }
+
+    pub(crate) fn optim_kernels(&self) -> Result<&OptimKernels> {
+        cached(&self.inner.optim, || OptimKernels::new(self))
     }
 
     /// Compiles `source` once and builds its compute pipelines: each entry

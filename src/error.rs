@@ -104,6 +104,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A setting (an optimizer's learning rate, a step count, …) is out of
+    /// its range.
+    #[error("{what} = {value}, but it must be {expected}")]
+    InvalidSetting {
+        /// Which setting.
+        what: &'static str,
+        /// The offending value.
+        value: String,
+        /// What is allowed.
+        expected: &'static str,
+    },
+
     /// An input the computation needs was not given.
     #[error("`{what}` is missing: {why}")]
     MissingInput {

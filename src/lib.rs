@@ -64,6 +64,7 @@ pub mod linear;
 pub mod loss;
 pub mod mining;
 pub mod npy;
+pub mod optim;
 pub mod reference;
 mod rows;
 pub mod synthetic;
@@ -80,4 +81,5 @@ pub use loss::{
     BankBuffers, BankIds, ContrastiveLoss, Gradients, InBatchBuffers, IndexPair, IndexPairBuffers,
     LossResult, LossTotals, PairBuffers, PairCounts, Power, Reduction,
 };
+pub use optim::{Adam, AdamBuffers, AdamState, SgdBuffers, SgdMomentum};
 pub use wgpu;

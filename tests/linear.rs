@@ -26,8 +26,8 @@ const EDGE_SHAPES: &[(usize, usize, usize)] = &[
     (3, 300, 129),
 ];
 
-fn assert_close(what: &str, gpu_values: &[f32], expected: &cpu::Reference) {
-    let comparison = reference::compare(gpu_values, &expected.values, &expected.tolerances);
+fn assert_close(what: &str, gpu_values: &[f32], expected: &reference::Reference) {
+    let comparison = expected.compare(gpu_values);
     assert!(
         comparison.passed(),
         "{what}: {} of {} outside tolerance; worst at {} (gpu {}, cpu {}, tol {:e})",

@@ -8,19 +8,10 @@
 
 use rayon::prelude::*;
 
-use super::tolerance;
+use super::{tolerance, Reference};
 use crate::distance::check_len;
 use crate::error::{Error, Result};
 use crate::linear::{Activation, LinearShape};
-
-/// Reference values with the tolerance each GPU value is held to.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Reference {
-    /// The values, row-major.
-    pub values: Vec<f64>,
-    /// `|gpu − value|` may be at most this, value by value.
-    pub tolerances: Vec<f64>,
-}
 
 /// The gradients [`linear_backward`] computes.
 #[derive(Clone, Debug, PartialEq)]

@@ -21,7 +21,25 @@ pub mod distance;
 pub mod linear;
 pub mod loss;
 pub mod mining;
+pub mod optim;
 pub mod rows;
+
+/// Reference values with the tolerance each GPU value is held to (from
+/// [`tolerance`]), for comparison with [`compare`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reference {
+    /// The values, row-major.
+    pub values: Vec<f64>,
+    /// `|gpu − value|` may be at most this, value by value.
+    pub tolerances: Vec<f64>,
+}
+
+impl Reference {
+    /// Compares `gpu` with these values under their tolerances.
+    pub fn compare(&self, gpu: &[f32]) -> Comparison {
+        compare(gpu, &self.values, &self.tolerances)
+    }
+}
 
 /// The tolerance rule shared by every GPU-against-CPU comparison: the
 /// largest acceptable `|gpu − reference|` for an output of the given
