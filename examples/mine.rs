@@ -46,7 +46,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let k: usize = paths[4]
         .to_string_lossy()
         .parse()
-        .map_err(|_| format!("K must be a positive integer\n{USAGE}"))?;
+        .ok()
+        .filter(|&k| k > 0)
+        .ok_or_else(|| format!("K must be a positive integer\n{USAGE}"))?;
     let out_dir = &paths[5];
 
     let queries = npy::read_f32_matrix(&paths[0])?;
