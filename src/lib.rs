@@ -5,8 +5,11 @@
 //! and the contrastive loss of Hadsell, Chopra & LeCun with its gradients
 //! ([`loss`], where the formulas, presets and the role of the margin are
 //! explained), hard-negative mining and pair-distance statistics
-//! ([`mining`]), with a CPU reference path ([`mod@reference`]) that every
-//! kernel is tested against.
+//! ([`mining`]), and what a training loop on the GPU needs around them:
+//! dense layers with their gradients ([`linear`]) and optimizer steps
+//! ([`optim`]: Adam/AdamW, SGD with momentum). A CPU reference path
+//! ([`mod@reference`]) mirrors every kernel, and the tests hold each kernel
+//! to it under one tolerance rule.
 //!
 //! ## Conventions
 //!
@@ -55,6 +58,19 @@
 //!
 //! A training loop that already owns a device wraps it with
 //! [`GpuContext::from_device`].
+//!
+//! ## A training step in one encoder
+//!
+//! Every `record_*` call only records: a whole step (forward through
+//! [`GpuContext::record_linear_forward`], mining with
+//! [`GpuContext::record_batch_hard`] and
+//! [`GpuContext::record_hardest_pairs`], the loss and its gradient with
+//! [`GpuContext::record_contrastive_in_batch`] or
+//! [`GpuContext::record_contrastive_index_pairs`], backward with
+//! [`GpuContext::record_linear_backward`], the update with
+//! [`AdamState::record_step`]) goes into one `CommandEncoder` and one
+//! submission, and the loss stays on the device in a [`LossTotals`] buffer
+//! until the loop copies it out. `examples/train.rs` is such a loop.
 
 mod binding;
 pub mod context;
