@@ -172,6 +172,35 @@ impl Layer {
         )
     }
 
+    /// Records ∂L/∂W and ∂L/∂b into the layer's gradient buffers (and
+    /// ∂L/∂input where `input_gradient` is given) from ∂L/∂output.
+    #[allow(clippy::too_many_arguments)]
+    fn record_backward(
+        &self,
+        gpu: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        (input, output): (&wgpu::Buffer, Option<&wgpu::Buffer>),
+        (output_gradient, input_gradient): (&wgpu::Buffer, Option<&wgpu::Buffer>),
+        rows: usize,
+        activation: Activation,
+    ) -> contrastive_wgpu::Result<()> {
+        gpu.record_linear_backward(
+            encoder,
+            LinearBackwardBuffers {
+                input,
+                weight: &self.weight,
+                output,
+                output_gradient,
+                input_gradient,
+                weight_gradient: Some(&self.weight_gradient),
+                bias_gradient: Some(&self.bias_gradient),
+            },
+            self.shape(rows),
+            activation,
+            GradientWrite::Replace,
+        )
+    }
+
     fn record_update(
         &mut self,
         gpu: &GpuContext,
@@ -396,35 +425,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 n * EMBEDDING,
                 MINED_WEIGHT,
             )?;
-            gpu.record_linear_backward(
+            output_layer.record_backward(
+                &gpu,
                 &mut encoder,
-                LinearBackwardBuffers {
-                    input: &hidden,
-                    weight: &output_layer.weight,
-                    output: None,
-                    output_gradient: &embedding_gradient,
-                    input_gradient: Some(&hidden_gradient),
-                    weight_gradient: Some(&output_layer.weight_gradient),
-                    bias_gradient: Some(&output_layer.bias_gradient),
-                },
-                output_layer.shape(n),
+                (&hidden, None),
+                (&embedding_gradient, Some(&hidden_gradient)),
+                n,
                 Activation::Identity,
-                GradientWrite::Replace,
             )?;
-            gpu.record_linear_backward(
+            hidden_layer.record_backward(
+                &gpu,
                 &mut encoder,
-                LinearBackwardBuffers {
-                    input: &x,
-                    weight: &hidden_layer.weight,
-                    output: Some(&hidden),
-                    output_gradient: &hidden_gradient,
-                    input_gradient: None,
-                    weight_gradient: Some(&hidden_layer.weight_gradient),
-                    bias_gradient: Some(&hidden_layer.bias_gradient),
-                },
-                hidden_layer.shape(n),
+                (&x, Some(&hidden)),
+                (&hidden_gradient, None),
+                n,
                 Activation::Relu,
-                GradientWrite::Replace,
             )?;
             hidden_layer.record_update(&gpu, &mut encoder)?;
             output_layer.record_update(&gpu, &mut encoder)?;

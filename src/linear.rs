@@ -550,15 +550,9 @@ impl GpuContext {
             let ws = &mut *guard;
             let device = self.device();
             let max_buffer = self.chunk_limits().max_buffer_bytes;
-            let upload = |buffer: &mut GrowableBuffer, values: &[f32]| -> Result<wgpu::Buffer> {
-                let b = buffer.ensure(device, bytes_of(values.len()), max_buffer)?;
-                self.queue()
-                    .write_buffer(&b, 0, bytemuck::cast_slice(values));
-                Ok(b)
-            };
-            let input_buffer = upload(&mut ws.input, input)?;
-            let weight_buffer = upload(&mut ws.weight, weight)?;
-            let bias_buffer = bias.map(|b| upload(&mut ws.bias, b)).transpose()?;
+            let input_buffer = ws.input.upload(self, input)?;
+            let weight_buffer = ws.weight.upload(self, weight)?;
+            let bias_buffer = bias.map(|b| ws.bias.upload(self, b)).transpose()?;
             let out_bytes = bytes_of(shape.output_len()?);
             let output = ws.output.ensure(device, out_bytes, max_buffer)?;
             let mut encoder = device.create_command_encoder(&Default::default());
@@ -608,16 +602,10 @@ impl GpuContext {
             let ws = &mut *guard;
             let device = self.device();
             let max_buffer = self.chunk_limits().max_buffer_bytes;
-            let upload = |buffer: &mut GrowableBuffer, values: &[f32]| -> Result<wgpu::Buffer> {
-                let b = buffer.ensure(device, bytes_of(values.len()), max_buffer)?;
-                self.queue()
-                    .write_buffer(&b, 0, bytemuck::cast_slice(values));
-                Ok(b)
-            };
-            let input_buffer = upload(&mut ws.input, input)?;
-            let weight_buffer = upload(&mut ws.weight, weight)?;
-            let output_buffer = output.map(|o| upload(&mut ws.output, o)).transpose()?;
-            let output_gradient_buffer = upload(&mut ws.output_gradient, output_gradient)?;
+            let input_buffer = ws.input.upload(self, input)?;
+            let weight_buffer = ws.weight.upload(self, weight)?;
+            let output_buffer = output.map(|o| ws.output.upload(self, o)).transpose()?;
+            let output_gradient_buffer = ws.output_gradient.upload(self, output_gradient)?;
             let sizes = [input_len, weight_len, shape.outputs].map(bytes_of);
             let input_gradient = ws.input_gradient.ensure(device, sizes[0], max_buffer)?;
             let weight_gradient = ws.weight_gradient.ensure(device, sizes[1], max_buffer)?;

@@ -2173,14 +2173,7 @@ impl Uploads {
         slot: usize,
         values: &[T],
     ) -> Result<wgpu::Buffer> {
-        let bytes: &[u8] = bytemuck::cast_slice(values);
-        let buffer = self.buffers[slot].ensure(
-            ctx.device(),
-            bytes.len() as u64,
-            ctx.chunk_limits().max_buffer_bytes,
-        )?;
-        ctx.queue().write_buffer(&buffer, 0, bytes);
-        Ok(buffer)
+        self.buffers[slot].upload(ctx, values)
     }
 }
 

@@ -732,18 +732,18 @@ impl GpuContext {
             let queue = self.queue();
             let max_buffer = self.chunk_limits().max_buffer_bytes;
             let bytes = bytes_of(len);
+            // The given state slices and the input are uploaded; absent
+            // state gets a buffer the kernel does not read.
+            let slot = |buffer: &mut GrowableBuffer, values: Option<&[f32]>| match values {
+                Some(values) => buffer.upload(self, values),
+                None => buffer.ensure(device, bytes, max_buffer),
+            };
             let buffers = [
-                ws.parameters.ensure(device, bytes, max_buffer)?,
-                ws.gradient.ensure(device, bytes, max_buffer)?,
-                ws.first_state.ensure(device, bytes, max_buffer)?,
-                ws.second_state.ensure(device, bytes, max_buffer)?,
+                slot(&mut ws.parameters, state[0].as_deref())?,
+                slot(&mut ws.gradient, Some(input))?,
+                slot(&mut ws.first_state, state[2].as_deref())?,
+                slot(&mut ws.second_state, state[3].as_deref())?,
             ];
-            queue.write_buffer(&buffers[1], 0, bytemuck::cast_slice(input));
-            for (values, buffer) in state.iter().zip(&buffers) {
-                if let Some(values) = values {
-                    queue.write_buffer(buffer, 0, bytemuck::cast_slice(values));
-                }
-            }
             let mut encoder = device.create_command_encoder(&Default::default());
             let [p, g, m, v] = &buffers;
             record(self, &mut encoder, [p, g, m, v])?;

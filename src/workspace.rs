@@ -1,5 +1,6 @@
 //! Device buffers that kernels reuse from call to call, grown on demand.
 
+use crate::context::GpuContext;
 use crate::error::{Error, Result};
 
 /// A buffer that is reallocated only when a call needs more room than it has.
@@ -62,5 +63,22 @@ impl GrowableBuffer {
             during: "allocating a workspace buffer",
             message: "buffer missing after allocation".into(),
         })
+    }
+
+    /// A buffer of at least `values`' size (see [`GrowableBuffer::ensure`])
+    /// with `values` written at its start; the buffer needs `COPY_DST`.
+    pub(crate) fn upload<T: bytemuck::Pod>(
+        &mut self,
+        ctx: &GpuContext,
+        values: &[T],
+    ) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        let buffer = self.ensure(
+            ctx.device(),
+            bytes.len() as u64,
+            ctx.chunk_limits().max_buffer_bytes,
+        )?;
+        ctx.queue().write_buffer(&buffer, 0, bytes);
+        Ok(buffer)
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{gpu, gpu_with_small_chunks, gpu_with_tiny_chunks, mixed_rows};
+use common::{assert_close, gpu, gpu_with_small_chunks, gpu_with_tiny_chunks, mixed_rows};
 use contrastive_wgpu::reference::{self, linear as cpu};
 use contrastive_wgpu::synthetic::SplitMix64;
 use contrastive_wgpu::wgpu::{self, util::DeviceExt};
@@ -25,20 +25,6 @@ const EDGE_SHAPES: &[(usize, usize, usize)] = &[
     (200, 130, 128),
     (3, 300, 129),
 ];
-
-fn assert_close(what: &str, gpu_values: &[f32], expected: &reference::Reference) {
-    let comparison = expected.compare(gpu_values);
-    assert!(
-        comparison.passed(),
-        "{what}: {} of {} outside tolerance; worst at {} (gpu {}, cpu {}, tol {:e})",
-        comparison.failures,
-        comparison.compared,
-        comparison.worst_index,
-        gpu_values[comparison.worst_index],
-        expected.values[comparison.worst_index],
-        expected.tolerances[comparison.worst_index],
-    );
-}
 
 /// Weights of a layer: normal, scaled by 1/sqrt(inputs).
 fn weights(inputs: usize, outputs: usize, seed: u64) -> Vec<f32> {

@@ -4,24 +4,10 @@
 
 mod common;
 
-use common::{gpu, gpu_with_small_chunks, gpu_with_tiny_chunks, mixed_rows};
-use contrastive_wgpu::reference::{optim as cpu, Reference};
+use common::{assert_close, gpu, gpu_with_small_chunks, gpu_with_tiny_chunks, mixed_rows};
+use contrastive_wgpu::reference::optim as cpu;
 use contrastive_wgpu::wgpu::{self, util::DeviceExt};
 use contrastive_wgpu::{Adam, AdamState, Error, GpuContext, SgdBuffers, SgdMomentum};
-
-fn assert_close(what: &str, gpu_values: &[f32], expected: &Reference) {
-    let comparison = expected.compare(gpu_values);
-    assert!(
-        comparison.passed(),
-        "{what}: {} of {} outside tolerance; worst at {} (gpu {}, cpu {}, tol {:e})",
-        comparison.failures,
-        comparison.compared,
-        comparison.worst_index,
-        gpu_values[comparison.worst_index],
-        expected.values[comparison.worst_index],
-        expected.tolerances[comparison.worst_index],
-    );
-}
 
 /// Sizes around the 64-value workgroup and the 1 KiB / 4 KiB test
 /// bindings, and one large enough for several full-size dispatches.

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::sync::OnceLock;
 
+use contrastive_wgpu::reference::Reference;
 use contrastive_wgpu::synthetic::SplitMix64;
 use contrastive_wgpu::{ContextOptions, GpuContext};
 
@@ -84,4 +85,20 @@ pub fn gpu_with_small_chunks() -> &'static GpuContext {
             "small chunks",
         )
     })
+}
+
+/// Asserts that every GPU value is within its reference tolerance, naming
+/// the worst one otherwise.
+pub fn assert_close(what: &str, gpu_values: &[f32], expected: &Reference) {
+    let comparison = expected.compare(gpu_values);
+    assert!(
+        comparison.passed(),
+        "{what}: {} of {} outside tolerance; worst at {} (gpu {}, cpu {}, tol {:e})",
+        comparison.failures,
+        comparison.compared,
+        comparison.worst_index,
+        gpu_values[comparison.worst_index],
+        expected.values[comparison.worst_index],
+        expected.tolerances[comparison.worst_index],
+    );
 }
