@@ -10,6 +10,8 @@
 //! cargo bench --bench distances -- /2048   # one size
 //! ```
 
+mod support;
+
 use std::hint::black_box;
 
 use contrastive_wgpu::reference::distance as cpu;
@@ -21,6 +23,7 @@ const D: usize = 128;
 const SIZES: [usize; 4] = [1024, 2048, 4096, 8192];
 
 fn distances(c: &mut Criterion) {
+    support::register_plot_font();
     let gpu = GpuContext::new().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("adapter: {}", gpu.adapter());
     let options = DistanceOptions::default();

@@ -11,6 +11,8 @@
 //! BENCH_MAX_N=4096 cargo bench --bench loss    # stop at 4096 (software GPUs)
 //! ```
 
+mod support;
+
 use std::hint::black_box;
 
 use contrastive_wgpu::reference::loss as cpu;
@@ -23,6 +25,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 const D: usize = 128;
 
 fn loss(c: &mut Criterion) {
+    support::register_plot_font();
     let gpu = GpuContext::new().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("adapter: {}", gpu.adapter());
     let max_n: usize = std::env::var("BENCH_MAX_N")

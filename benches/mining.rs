@@ -10,6 +10,8 @@
 //! BENCH_QUERIES=1024 BENCH_BANK=32768 cargo bench --bench mining
 //! ```
 
+mod support;
+
 use std::hint::black_box;
 
 use contrastive_wgpu::reference::mining as cpu;
@@ -26,6 +28,7 @@ fn size(name: &str, default: usize) -> usize {
 }
 
 fn top_k(c: &mut Criterion) {
+    support::register_plot_font();
     let gpu = GpuContext::new().unwrap_or_else(|e| panic!("{e}"));
     eprintln!("adapter: {}", gpu.adapter());
     let (n, m) = (size("BENCH_QUERIES", 8192), size("BENCH_BANK", 262_144));
