@@ -1382,6 +1382,11 @@ impl LossKernels {
                 .ensure(device, partial_count as u64 * PARTIAL_BYTES, max_buffer)?;
         let placeholder = ctx.row_kernels()?.placeholder().clone();
         let list = job.list.unwrap_or(&placeholder);
+        // The caller's list may be larger than one binding: bind its pairs.
+        let list_bytes = match job.list {
+            Some(_) => prepared_bytes(job.pairs, 1),
+            None => placeholder.size(),
+        };
         let pipeline = &self.pairs_forward[distance_code(loss.distance)?];
         for_each_dispatch(
             job.pairs,
@@ -1408,7 +1413,7 @@ impl LossKernels {
                         sized_binding(&other.rows, prepared_bytes(other.count, vec_dim)),
                         sized_binding(&first.meta, meta_bytes(first.count)),
                         sized_binding(&other.meta, meta_bytes(other.count)),
-                        list.as_entire_binding(),
+                        sized_binding(list, list_bytes),
                         sized_binding(&pair_values, prepared_bytes(job.pairs, 1)),
                         partials.as_entire_binding(),
                     ],
@@ -1470,7 +1475,7 @@ impl LossKernels {
                             sized_binding(&partner.rows, prepared_bytes(partner.count, vec_dim)),
                             offsets.as_entire_binding(),
                             entries.as_entire_binding(),
-                            list.as_entire_binding(),
+                            sized_binding(list, list_bytes),
                             sized_binding(&pair_values, prepared_bytes(job.pairs, 1)),
                             sized_binding(&parts, gradient_bytes(own.count)),
                         ],
@@ -1542,7 +1547,7 @@ impl LossKernels {
                         &self.csr_layout,
                         vec![
                             params_buffer.as_entire_binding(),
-                            list.as_entire_binding(),
+                            sized_binding(list, prepared_bytes(pairs, 1)),
                             sized_binding(&counters, bytes_of(rows)),
                             sized_binding(&offsets, bytes_of(rows + 1)),
                             sized_binding(&entries, bytes_of(2 * pairs)),

@@ -1067,6 +1067,16 @@ impl GpuContext {
                     rows as u64 * capacity as u64 * ENTRY_BYTES,
                     max_buffer,
                 )?;
+                // Workspace buffers may have grown past one binding: bind
+                // what this block uses.
+                let counts_binding = sized_binding(&counts, bytes_of(rows));
+                let thresholds_binding = sized_binding(&thresholds, rows as u64 * ENTRY_BYTES);
+                let candidates_binding =
+                    sized_binding(&candidates, rows as u64 * capacity as u64 * ENTRY_BYTES);
+                let list_bindings = [
+                    sized_binding(&lists[0], list_bytes),
+                    sized_binding(&lists[1], list_bytes),
+                ];
                 let list_params = |row_base: usize, grid: (u32, u32)| -> Result<ListParams> {
                     Ok(ListParams {
                         rows: to_u32(rows, "rows")?,
@@ -1101,9 +1111,9 @@ impl GpuContext {
                             &kernels.init_layout,
                             vec![
                                 params.as_entire_binding(),
-                                counts.as_entire_binding(),
-                                lists[0].as_entire_binding(),
-                                thresholds.as_entire_binding(),
+                                counts_binding.clone(),
+                                list_bindings[0].clone(),
+                                thresholds_binding.clone(),
                             ],
                         );
                         dispatch(
@@ -1143,9 +1153,9 @@ impl GpuContext {
                         "mining.topk_filter",
                         &kernels.filter_layout,
                         tile.bindings([
-                            thresholds.as_entire_binding(),
-                            counts.as_entire_binding(),
-                            candidates.as_entire_binding(),
+                            thresholds_binding.clone(),
+                            counts_binding.clone(),
+                            candidates_binding.clone(),
                         ]),
                     );
                     let groups = (
@@ -1154,7 +1164,7 @@ impl GpuContext {
                     );
                     let pipeline = &kernels.topk_filter[options.distance.shader_code() as usize];
                     dispatch(&mut encoder, "mining.topk_filter", pipeline, &group, groups);
-                    let (input, output) = (&lists[current], &lists[1 - current]);
+                    let (input, output) = (&list_bindings[current], &list_bindings[1 - current]);
                     for_each_dispatch(
                         rows,
                         1,
@@ -1171,11 +1181,11 @@ impl GpuContext {
                                 &kernels.merge_layout,
                                 vec![
                                     params.as_entire_binding(),
-                                    counts.as_entire_binding(),
-                                    candidates.as_entire_binding(),
-                                    input.as_entire_binding(),
-                                    output.as_entire_binding(),
-                                    thresholds.as_entire_binding(),
+                                    counts_binding.clone(),
+                                    candidates_binding.clone(),
+                                    input.clone(),
+                                    output.clone(),
+                                    thresholds_binding.clone(),
                                 ],
                             );
                             dispatch(
@@ -1213,7 +1223,7 @@ impl GpuContext {
                             &kernels.finish_layout,
                             vec![
                                 params.as_entire_binding(),
-                                lists[current].as_entire_binding(),
+                                list_bindings[current].clone(),
                                 sized_binding(&out, out_bytes),
                             ],
                         );
