@@ -180,6 +180,38 @@ pub(crate) fn for_each_dispatch(
     Ok(())
 }
 
+/// A compute pipeline with its bind-group layout, and the label its passes
+/// and uniforms carry.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernel<'a> {
+    pub(crate) label: &'static str,
+    pub(crate) pipeline: &'a wgpu::ComputePipeline,
+    pub(crate) layout: &'a wgpu::BindGroupLayout,
+}
+
+/// Records `kernel` over `items` items (`per_group` to a workgroup) in the
+/// dispatches [`for_each_dispatch`] splits them into. Each dispatch binds
+/// its own uniform, `params(first item, items, grid)`, at binding 0 and
+/// `bindings` after it.
+pub(crate) fn record_split<T: bytemuck::Pod>(
+    device: &wgpu::Device,
+    encoder: &mut wgpu::CommandEncoder,
+    kernel: Kernel<'_>,
+    (items, per_group, max_groups): (usize, usize, u32),
+    bindings: &[wgpu::BindingResource<'_>],
+    mut params: impl FnMut(usize, usize, (u32, u32)) -> Result<T>,
+) -> Result<()> {
+    for_each_dispatch(items, per_group, max_groups, |base, count, grid| {
+        let params_buffer = uniform_buffer(device, kernel.label, &params(base, count, grid)?);
+        let mut entries = Vec::with_capacity(bindings.len() + 1);
+        entries.push(params_buffer.as_entire_binding());
+        entries.extend(bindings.iter().cloned());
+        let group = bind_group(device, kernel.label, kernel.layout, entries);
+        dispatch(encoder, kernel.label, kernel.pipeline, &group, grid);
+        Ok(())
+    })
+}
+
 /// Records one compute pass with one dispatch.
 pub(crate) fn dispatch(
     encoder: &mut wgpu::CommandEncoder,

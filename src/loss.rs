@@ -48,9 +48,8 @@
 use std::sync::Mutex;
 
 use crate::binding::{
-    bind_group, bind_group_layout, bytes_of, dispatch, for_each_dispatch, offset_binding,
-    sized_binding, to_u32, uniform_buffer, AlignedRange, MAX_DISPATCH_WORK, READ, READ_WRITE,
-    UNIFORM,
+    bind_group, bind_group_layout, bytes_of, dispatch, offset_binding, record_split, sized_binding,
+    to_u32, uniform_buffer, AlignedRange, Kernel, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
 };
 use crate::context::{exactly, GpuContext};
 use crate::distance::Distance;
@@ -1168,12 +1167,24 @@ impl LossKernels {
                 prepared_bytes(rows, vec_dim),
             );
             let meta_binding = offset_binding(&set.meta, meta_bytes(x0), meta_bytes(rows));
-            for_each_dispatch(
-                rows,
-                1,
-                limits.max_workgroups_per_dimension,
+            record_split(
+                device,
+                encoder,
+                Kernel {
+                    label: "loss.finish_gradient",
+                    pipeline: &self.finish,
+                    layout: &self.finish_layout,
+                },
+                (rows, 1, limits.max_workgroups_per_dimension),
+                &[
+                    parts_binding,
+                    rows_binding,
+                    meta_binding,
+                    sized_binding(totals, LossTotals::SIZE),
+                    range.binding(out),
+                ],
                 |row_base, _, grid| {
-                    let params = FinishParams {
+                    Ok(FinishParams {
                         rows: to_u32(rows, "rows")?,
                         dim: to_u32(d, "D")?,
                         vec_dim: to_u32(vec_dim, "D / 4")?,
@@ -1182,23 +1193,7 @@ impl LossKernels {
                         out_offset: range.shift,
                         row_base: to_u32(row_base, "rows")?,
                         _pad: 0,
-                    };
-                    let params_buffer = uniform_buffer(device, "loss.finish_params", &params);
-                    let group = bind_group(
-                        device,
-                        "loss.finish_gradient",
-                        &self.finish_layout,
-                        vec![
-                            params_buffer.as_entire_binding(),
-                            parts_binding.clone(),
-                            rows_binding.clone(),
-                            meta_binding.clone(),
-                            sized_binding(totals, LossTotals::SIZE),
-                            range.binding(out),
-                        ],
-                    );
-                    dispatch(encoder, "loss.finish_gradient", &self.finish, &group, grid);
-                    Ok(())
+                    })
                 },
             )?;
         }
@@ -1388,12 +1383,26 @@ impl LossKernels {
             None => placeholder.size(),
         };
         let pipeline = &self.pairs_forward[distance_code(loss.distance)?];
-        for_each_dispatch(
-            job.pairs,
-            THREADS,
-            limits.max_workgroups_per_dimension,
+        record_split(
+            device,
+            encoder,
+            Kernel {
+                label: "loss.pairs_forward",
+                pipeline,
+                layout: &self.pairs_forward_layout,
+            },
+            (job.pairs, THREADS, limits.max_workgroups_per_dimension),
+            &[
+                sized_binding(&first.rows, prepared_bytes(first.count, vec_dim)),
+                sized_binding(&other.rows, prepared_bytes(other.count, vec_dim)),
+                sized_binding(&first.meta, meta_bytes(first.count)),
+                sized_binding(&other.meta, meta_bytes(other.count)),
+                sized_binding(list, list_bytes),
+                sized_binding(&pair_values, prepared_bytes(job.pairs, 1)),
+                partials.as_entire_binding(),
+            ],
             |pair_base, _, grid| {
-                let params = PairsParams {
+                Ok(PairsParams {
                     pairs: to_u32(job.pairs, "pairs")?,
                     vec_dim: to_u32(vec_dim, "D / 4")?,
                     explicit_pairs: u32::from(job.list.is_none()),
@@ -1401,25 +1410,7 @@ impl LossKernels {
                     pair_base: to_u32(pair_base, "pairs")?,
                     _pad: [0; 3],
                     shape: ShapeParams::new(loss),
-                };
-                let params_buffer = uniform_buffer(device, "loss.pairs_params", &params);
-                let group = bind_group(
-                    device,
-                    "loss.pairs_forward",
-                    &self.pairs_forward_layout,
-                    vec![
-                        params_buffer.as_entire_binding(),
-                        sized_binding(&first.rows, prepared_bytes(first.count, vec_dim)),
-                        sized_binding(&other.rows, prepared_bytes(other.count, vec_dim)),
-                        sized_binding(&first.meta, meta_bytes(first.count)),
-                        sized_binding(&other.meta, meta_bytes(other.count)),
-                        sized_binding(list, list_bytes),
-                        sized_binding(&pair_values, prepared_bytes(job.pairs, 1)),
-                        partials.as_entire_binding(),
-                    ],
-                );
-                dispatch(encoder, "loss.pairs_forward", pipeline, &group, grid);
-                Ok(())
+                })
             },
         )?;
         self.record_reduce(
@@ -1450,44 +1441,33 @@ impl LossKernels {
                 Some((offsets, entries)) => (offsets.clone(), entries.clone()),
                 None => (placeholder.clone(), placeholder.clone()),
             };
-            for_each_dispatch(
-                own.count,
-                1,
-                limits.max_workgroups_per_dimension,
+            record_split(
+                device,
+                encoder,
+                Kernel {
+                    label: "loss.pairs_gradient",
+                    pipeline: &self.pairs_gradient,
+                    layout: &self.pairs_gradient_layout,
+                },
+                (own.count, 1, limits.max_workgroups_per_dimension),
+                &[
+                    sized_binding(&own.rows, prepared_bytes(own.count, vec_dim)),
+                    sized_binding(&partner.rows, prepared_bytes(partner.count, vec_dim)),
+                    offsets.as_entire_binding(),
+                    entries.as_entire_binding(),
+                    sized_binding(list, list_bytes),
+                    sized_binding(&pair_values, prepared_bytes(job.pairs, 1)),
+                    sized_binding(&parts, gradient_bytes(own.count)),
+                ],
                 |row_base, _, grid| {
-                    let params = PairsGradientParams {
+                    Ok(PairsGradientParams {
                         rows: to_u32(own.count, "rows")?,
                         vec_dim: to_u32(vec_dim, "D / 4")?,
                         explicit_pairs: u32::from(job.list.is_none()),
                         grid_width: grid.0,
                         row_base: to_u32(row_base, "rows")?,
                         _pad: [0; 3],
-                    };
-                    let params_buffer =
-                        uniform_buffer(device, "loss.pairs_gradient_params", &params);
-                    let group = bind_group(
-                        device,
-                        "loss.pairs_gradient",
-                        &self.pairs_gradient_layout,
-                        vec![
-                            params_buffer.as_entire_binding(),
-                            sized_binding(&own.rows, prepared_bytes(own.count, vec_dim)),
-                            sized_binding(&partner.rows, prepared_bytes(partner.count, vec_dim)),
-                            offsets.as_entire_binding(),
-                            entries.as_entire_binding(),
-                            sized_binding(list, list_bytes),
-                            sized_binding(&pair_values, prepared_bytes(job.pairs, 1)),
-                            sized_binding(&parts, gradient_bytes(own.count)),
-                        ],
-                    );
-                    dispatch(
-                        encoder,
-                        "loss.pairs_gradient",
-                        &self.pairs_gradient,
-                        &group,
-                        grid,
-                    );
-                    Ok(())
+                    })
                 },
             )?;
             self.record_finish(
@@ -1524,42 +1504,35 @@ impl LossKernels {
         let entries = ws
             .csr_entries
             .ensure(device, bytes_of(2 * pairs), max_buffer)?;
+        let bindings = [
+            sized_binding(list, prepared_bytes(pairs, 1)),
+            sized_binding(&counters, bytes_of(rows)),
+            sized_binding(&offsets, bytes_of(rows + 1)),
+            sized_binding(&entries, bytes_of(2 * pairs)),
+        ];
+        // scan_offsets is one item: one workgroup scans every row.
         let record = |encoder: &mut wgpu::CommandEncoder,
-                      entry: &'static str,
+                      label: &'static str,
                       pipeline: &wgpu::ComputePipeline,
                       items: usize|
          -> Result<()> {
-            for_each_dispatch(
-                items,
-                THREADS,
-                limits.max_workgroups_per_dimension,
+            record_split(
+                device,
+                encoder,
+                Kernel {
+                    label,
+                    pipeline,
+                    layout: &self.csr_layout,
+                },
+                (items, THREADS, limits.max_workgroups_per_dimension),
+                &bindings,
                 |base, _, grid| {
-                    let params = CsrParams {
+                    Ok(CsrParams {
                         pairs: to_u32(pairs, "pairs")?,
                         rows: to_u32(rows, "rows")?,
                         grid_width: grid.0,
                         base: to_u32(base, "pairs")?,
-                    };
-                    let params_buffer = uniform_buffer(device, "loss.csr_params", &params);
-                    let group = bind_group(
-                        device,
-                        entry,
-                        &self.csr_layout,
-                        vec![
-                            params_buffer.as_entire_binding(),
-                            sized_binding(list, prepared_bytes(pairs, 1)),
-                            sized_binding(&counters, bytes_of(rows)),
-                            sized_binding(&offsets, bytes_of(rows + 1)),
-                            sized_binding(&entries, bytes_of(2 * pairs)),
-                        ],
-                    );
-                    let grid = if entry == "loss.scan_offsets" {
-                        (1, 1)
-                    } else {
-                        grid
-                    };
-                    dispatch(encoder, entry, pipeline, &group, grid);
-                    Ok(())
+                    })
                 },
             )
         };

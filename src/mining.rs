@@ -55,8 +55,8 @@ pub struct Neighbor {
 use std::sync::Mutex;
 
 use crate::binding::{
-    bind_group, bind_group_layout, bytes_of, dispatch, for_each_dispatch, sized_binding, to_u32,
-    uniform_buffer, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
+    bind_group, bind_group_layout, bytes_of, dispatch, record_split, sized_binding, to_u32,
+    uniform_buffer, Kernel, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
 };
 use crate::context::{exactly, GpuContext};
 use crate::distance::{check_len, Distance, DistanceOptions};
@@ -876,32 +876,20 @@ impl GpuContext {
         crate::binding::check_buffer("pairs", pairs, 8 * n, storage)?;
         let kernels = self.mining_kernels()?;
         let device = self.device();
-        for_each_dispatch(
-            n,
-            64,
-            self.chunk_limits().max_workgroups_per_dimension,
-            |base, _, grid| {
-                let params = [to_u32(n, "rows")?, grid.0, to_u32(base, "rows")?, 0];
-                let params_buffer = uniform_buffer(device, "mining.convert_params", &params);
-                let group = bind_group(
-                    device,
-                    "mining.hardest_to_pairs",
-                    &kernels.convert_layout,
-                    vec![
-                        params_buffer.as_entire_binding(),
-                        sized_binding(hardest, hardest_bytes(n)),
-                        sized_binding(pairs, 2 * hardest_bytes(n)),
-                    ],
-                );
-                dispatch(
-                    encoder,
-                    "mining.hardest_to_pairs",
-                    &kernels.hardest_to_pairs,
-                    &group,
-                    grid,
-                );
-                Ok(())
+        record_split(
+            device,
+            encoder,
+            Kernel {
+                label: "mining.hardest_to_pairs",
+                pipeline: &kernels.hardest_to_pairs,
+                layout: &kernels.convert_layout,
             },
+            (n, 64, self.chunk_limits().max_workgroups_per_dimension),
+            &[
+                sized_binding(hardest, hardest_bytes(n)),
+                sized_binding(pairs, 2 * hardest_bytes(n)),
+            ],
+            |base, _, grid| Ok([to_u32(n, "rows")?, grid.0, to_u32(base, "rows")?, 0]),
         )
     }
 
@@ -1098,33 +1086,21 @@ impl GpuContext {
                     (x0, rows, d),
                     options,
                 )?;
-                for_each_dispatch(
-                    rows,
-                    1,
-                    limits.max_workgroups_per_dimension,
-                    |base, _, grid| {
-                        let params =
-                            uniform_buffer(device, "mining.list_params", &list_params(base, grid)?);
-                        let group = bind_group(
-                            device,
-                            "mining.topk_init",
-                            &kernels.init_layout,
-                            vec![
-                                params.as_entire_binding(),
-                                counts_binding.clone(),
-                                list_bindings[0].clone(),
-                                thresholds_binding.clone(),
-                            ],
-                        );
-                        dispatch(
-                            &mut encoder,
-                            "mining.topk_init",
-                            &kernels.topk_init,
-                            &group,
-                            grid,
-                        );
-                        Ok(())
+                record_split(
+                    device,
+                    &mut encoder,
+                    Kernel {
+                        label: "mining.topk_init",
+                        pipeline: &kernels.topk_init,
+                        layout: &kernels.init_layout,
                     },
+                    (rows, 1, limits.max_workgroups_per_dimension),
+                    &[
+                        counts_binding.clone(),
+                        list_bindings[0].clone(),
+                        thresholds_binding.clone(),
+                    ],
+                    |base, _, grid| list_params(base, grid),
                 )?;
                 let mut current = 0;
                 for y0 in (0..m).step_by(col_chunk) {
@@ -1165,38 +1141,23 @@ impl GpuContext {
                     let pipeline = &kernels.topk_filter[options.distance.shader_code() as usize];
                     dispatch(&mut encoder, "mining.topk_filter", pipeline, &group, groups);
                     let (input, output) = (&list_bindings[current], &list_bindings[1 - current]);
-                    for_each_dispatch(
-                        rows,
-                        1,
-                        limits.max_workgroups_per_dimension,
-                        |base, _, grid| {
-                            let params = uniform_buffer(
-                                device,
-                                "mining.list_params",
-                                &list_params(base, grid)?,
-                            );
-                            let group = bind_group(
-                                device,
-                                "mining.topk_merge",
-                                &kernels.merge_layout,
-                                vec![
-                                    params.as_entire_binding(),
-                                    counts_binding.clone(),
-                                    candidates_binding.clone(),
-                                    input.clone(),
-                                    output.clone(),
-                                    thresholds_binding.clone(),
-                                ],
-                            );
-                            dispatch(
-                                &mut encoder,
-                                "mining.topk_merge",
-                                &kernels.topk_merge,
-                                &group,
-                                grid,
-                            );
-                            Ok(())
+                    record_split(
+                        device,
+                        &mut encoder,
+                        Kernel {
+                            label: "mining.topk_merge",
+                            pipeline: &kernels.topk_merge,
+                            layout: &kernels.merge_layout,
                         },
+                        (rows, 1, limits.max_workgroups_per_dimension),
+                        &[
+                            counts_binding.clone(),
+                            candidates_binding.clone(),
+                            input.clone(),
+                            output.clone(),
+                            thresholds_binding.clone(),
+                        ],
+                        |base, _, grid| list_params(base, grid),
                     )?;
                     current = 1 - current;
                     self.queue().submit([std::mem::replace(
@@ -1210,32 +1171,20 @@ impl GpuContext {
                 }
                 let out_bytes = rows as u64 * k as u64 * ENTRY_BYTES;
                 let out = ws.output.ensure(device, out_bytes, max_buffer)?;
-                for_each_dispatch(
-                    rows,
-                    1,
-                    limits.max_workgroups_per_dimension,
-                    |base, _, grid| {
-                        let params =
-                            uniform_buffer(device, "mining.list_params", &list_params(base, grid)?);
-                        let group = bind_group(
-                            device,
-                            "mining.topk_finish",
-                            &kernels.finish_layout,
-                            vec![
-                                params.as_entire_binding(),
-                                list_bindings[current].clone(),
-                                sized_binding(&out, out_bytes),
-                            ],
-                        );
-                        dispatch(
-                            &mut encoder,
-                            "mining.topk_finish",
-                            &kernels.topk_finish,
-                            &group,
-                            grid,
-                        );
-                        Ok(())
+                record_split(
+                    device,
+                    &mut encoder,
+                    Kernel {
+                        label: "mining.topk_finish",
+                        pipeline: &kernels.topk_finish,
+                        layout: &kernels.finish_layout,
                     },
+                    (rows, 1, limits.max_workgroups_per_dimension),
+                    &[
+                        list_bindings[current].clone(),
+                        sized_binding(&out, out_bytes),
+                    ],
+                    |base, _, grid| list_params(base, grid),
                 )?;
                 let staging = ws.staging.ensure(device, out_bytes, max_buffer)?;
                 encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, out_bytes);
@@ -1518,65 +1467,40 @@ impl GpuContext {
                         _pad: [0; 3],
                     })
                 };
-                for_each_dispatch(
-                    rows,
-                    1,
-                    limits.max_workgroups_per_dimension,
-                    |base, _, grid| {
-                        let params_buffer =
-                            uniform_buffer(device, "mining.semi_hard_params", &params(base, grid)?);
-                        let group = bind_group(
-                            device,
-                            "mining.semi_hard_sort",
-                            &kernels.sort_layout,
-                            vec![
-                                params_buffer.as_entire_binding(),
-                                sized_binding(&keys, bytes_of(rows * n)),
-                                sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
-                                sized_binding(&meta_x, meta_bytes(rows)),
-                                sized_binding(&meta_y, meta_bytes(n)),
-                            ],
-                        );
-                        dispatch(
-                            &mut encoder,
-                            "mining.semi_hard_sort",
-                            &kernels.semi_hard_sort,
-                            &group,
-                            grid,
-                        );
-                        Ok(())
+                let shared = [
+                    sized_binding(&keys, bytes_of(rows * n)),
+                    sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
+                    sized_binding(&meta_x, meta_bytes(rows)),
+                    sized_binding(&meta_y, meta_bytes(n)),
+                ];
+                record_split(
+                    device,
+                    &mut encoder,
+                    Kernel {
+                        label: "mining.semi_hard_sort",
+                        pipeline: &kernels.semi_hard_sort,
+                        layout: &kernels.sort_layout,
                     },
+                    (rows, 1, limits.max_workgroups_per_dimension),
+                    &shared,
+                    |base, _, grid| params(base, grid),
                 )?;
-                for_each_dispatch(
-                    pairs.len(),
-                    64,
-                    limits.max_workgroups_per_dimension,
-                    |base, _, grid| {
-                        let params_buffer =
-                            uniform_buffer(device, "mining.semi_hard_params", &params(base, grid)?);
-                        let group = bind_group(
-                            device,
-                            "mining.semi_hard_select",
-                            &kernels.select_layout,
-                            vec![
-                                params_buffer.as_entire_binding(),
-                                sized_binding(&keys, bytes_of(rows * n)),
-                                sized_binding(&sorted, rows as u64 * stride as u64 * ENTRY_BYTES),
-                                sized_binding(&meta_x, meta_bytes(rows)),
-                                sized_binding(&meta_y, meta_bytes(n)),
-                                sized_binding(&pair_list, pairs.len() as u64 * ENTRY_BYTES),
-                                sized_binding(&out, out_bytes),
-                            ],
-                        );
-                        dispatch(
-                            &mut encoder,
-                            "mining.semi_hard_select",
-                            &kernels.semi_hard_select[kind],
-                            &group,
-                            grid,
-                        );
-                        Ok(())
+                let mut select_bindings = shared.to_vec();
+                select_bindings.extend([
+                    sized_binding(&pair_list, pairs.len() as u64 * ENTRY_BYTES),
+                    sized_binding(&out, out_bytes),
+                ]);
+                record_split(
+                    device,
+                    &mut encoder,
+                    Kernel {
+                        label: "mining.semi_hard_select",
+                        pipeline: &kernels.semi_hard_select[kind],
+                        layout: &kernels.select_layout,
                     },
+                    (pairs.len(), 64, limits.max_workgroups_per_dimension),
+                    &select_bindings,
+                    |base, _, grid| params(base, grid),
                 )?;
                 let staging = ws.staging.ensure(device, out_bytes, max_buffer)?;
                 encoder.copy_buffer_to_buffer(&out, 0, &staging, 0, out_bytes);

@@ -24,8 +24,8 @@
 use std::sync::Mutex;
 
 use crate::binding::{
-    bind_group, bind_group_layout, bytes_of, check_buffer, dispatch, for_each_dispatch,
-    offset_binding, to_u32, uniform_buffer, BYTES_PER_VALUE, READ, READ_WRITE, UNIFORM,
+    bind_group_layout, bytes_of, check_buffer, offset_binding, record_split, to_u32, Kernel,
+    BYTES_PER_VALUE, READ, READ_WRITE, UNIFORM,
 };
 use crate::context::{exactly, GpuContext};
 use crate::distance::check_len;
@@ -422,7 +422,7 @@ impl OptimKernels {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Records `pipeline` over `len` values of `buffers` (`None`: the
+    /// Records `kernel` over `len` values of `buffers` (`None`: the
     /// placeholder), chunk by chunk at aligned offsets so that value `i` of
     /// a chunk is index `i` of every binding; `params` makes each
     /// dispatch's uniform.
@@ -431,7 +431,7 @@ impl OptimKernels {
         &self,
         ctx: &GpuContext,
         encoder: &mut wgpu::CommandEncoder,
-        (label, pipeline, layout): (&'static str, &wgpu::ComputePipeline, &wgpu::BindGroupLayout),
+        kernel: Kernel<'_>,
         len: usize,
         buffers: &[Option<&wgpu::Buffer>],
         params: impl Fn(DispatchRange) -> T,
@@ -446,25 +446,25 @@ impl OptimKernels {
             let count = chunk.min(len - first);
             let bytes = bytes_of(count);
             let offset = bytes_of(first);
-            for_each_dispatch(
-                count,
-                THREADS,
-                limits.max_workgroups_per_dimension,
-                |base, items, (grid_width, grid_height)| {
-                    let range = DispatchRange {
+            let bindings: Vec<wgpu::BindingResource<'_>> = buffers
+                .iter()
+                .map(|buffer| match buffer {
+                    Some(buffer) => offset_binding(buffer, offset, bytes),
+                    None => self.placeholder.as_entire_binding(),
+                })
+                .collect();
+            record_split(
+                device,
+                encoder,
+                kernel,
+                (count, THREADS, limits.max_workgroups_per_dimension),
+                &bindings,
+                |base, items, (grid_width, _)| {
+                    Ok(params(DispatchRange {
                         end: to_u32(base + items, "values in one chunk")?,
                         grid_width,
                         base: to_u32(base, "values in one chunk")?,
-                    };
-                    let params_buffer = uniform_buffer(device, label, &params(range));
-                    let mut entries = vec![params_buffer.as_entire_binding()];
-                    entries.extend(buffers.iter().map(|buffer| match buffer {
-                        Some(buffer) => offset_binding(buffer, offset, bytes),
-                        None => self.placeholder.as_entire_binding(),
-                    }));
-                    let group = bind_group(device, label, layout, entries);
-                    dispatch(encoder, label, pipeline, &group, (grid_width, grid_height));
-                    Ok(())
+                    }))
                 },
             )?;
         }
@@ -533,7 +533,11 @@ impl GpuContext {
         kernels.record_elementwise(
             self,
             encoder,
-            ("optim.adam", &kernels.adam, &kernels.adam_layout),
+            Kernel {
+                label: "optim.adam",
+                pipeline: &kernels.adam,
+                layout: &kernels.adam_layout,
+            },
             len,
             &[
                 Some(buffers.parameters),
@@ -576,7 +580,11 @@ impl GpuContext {
         kernels.record_elementwise(
             self,
             encoder,
-            ("optim.sgd_momentum", &kernels.sgd, &kernels.sgd_layout),
+            Kernel {
+                label: "optim.sgd_momentum",
+                pipeline: &kernels.sgd,
+                layout: &kernels.sgd_layout,
+            },
             len,
             &[
                 Some(buffers.parameters),
@@ -614,7 +622,11 @@ impl GpuContext {
         kernels.record_elementwise(
             self,
             encoder,
-            ("optim.add_scaled", &kernels.add_scaled, &kernels.add_layout),
+            Kernel {
+                label: "optim.add_scaled",
+                pipeline: &kernels.add_scaled,
+                layout: &kernels.add_layout,
+            },
             len,
             &[Some(x), Some(y)],
             |range| AddScaledParams {

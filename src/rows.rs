@@ -8,8 +8,8 @@
 //! is [`crate::reference::rows`].
 
 use crate::binding::{
-    bind_group, bind_group_layout, dispatch, for_each_dispatch, offset_binding, to_u32,
-    uniform_buffer, AlignedRange, BYTES_PER_VEC4, READ, READ_WRITE, UNIFORM,
+    bind_group_layout, offset_binding, record_split, to_u32, AlignedRange, Kernel, BYTES_PER_VEC4,
+    READ, READ_WRITE, UNIFORM,
 };
 use crate::context::{exactly, GpuContext};
 use crate::error::{Error, Result};
@@ -169,12 +169,24 @@ impl RowKernels {
             prepared_bytes(source.rows, vec_dim),
         );
         let meta_binding = offset_binding(target.meta, meta_offset, meta_bytes(source.rows));
-        for_each_dispatch(
-            source.rows,
-            1,
-            limits.max_workgroups_per_dimension,
-            |row_base, _, (grid_width, grid_height)| {
-                let params = PrepareParams {
+        record_split(
+            device,
+            encoder,
+            Kernel {
+                label: "rows.prepare_rows",
+                pipeline: &self.prepare,
+                layout: &self.layout,
+            },
+            (source.rows, 1, limits.max_workgroups_per_dimension),
+            &[
+                source_binding,
+                label_binding,
+                id_binding,
+                rows_binding,
+                meta_binding,
+            ],
+            |row_base, _, (grid_width, _)| {
+                Ok(PrepareParams {
                     rows: to_u32(source.rows, "rows in one chunk")?,
                     dim: to_u32(source.dim, "D")?,
                     source_offset: values.shift,
@@ -187,31 +199,8 @@ impl RowKernels {
                     has_ids: u32::from(source.ids.is_some()),
                     row_base: to_u32(row_base, "rows in one chunk")?,
                     _pad: 0,
-                };
-                let params_buffer = uniform_buffer(device, "rows.prepare_params", &params);
-                let group = bind_group(
-                    device,
-                    "rows.prepare_rows",
-                    &self.layout,
-                    vec![
-                        params_buffer.as_entire_binding(),
-                        source_binding.clone(),
-                        label_binding.clone(),
-                        id_binding.clone(),
-                        rows_binding.clone(),
-                        meta_binding.clone(),
-                    ],
-                );
-                dispatch(
-                    encoder,
-                    "rows.prepare_rows",
-                    &self.prepare,
-                    &group,
-                    (grid_width, grid_height),
-                );
-                Ok(())
+                })
             },
-        )?;
-        Ok(())
+        )
     }
 }
