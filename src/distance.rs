@@ -26,8 +26,6 @@
 //! The kernel is `shaders/distance.wgsl`; its CPU mirror is
 //! [`crate::reference::distance`].
 
-use std::sync::Mutex;
-
 use crate::binding::{
     bind_group, bind_group_layout, bytes_of, check_buffer, dispatch, sized_binding, to_u32,
     uniform_buffer, AlignedRange, BYTES_PER_VALUE, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
@@ -35,7 +33,7 @@ use crate::binding::{
 use crate::context::{exactly, ChunkLimits, GpuContext};
 use crate::error::{Error, Result};
 use crate::rows::{meta_bytes, prepared_bytes, PreparedTarget, RowSource};
-use crate::workspace::GrowableBuffer;
+use crate::workspace::{GrowableBuffer, Locked};
 
 const SHADER: &str = include_str!("../shaders/distance.wgsl");
 /// Outputs per side of one workgroup's tile in `pairwise`.
@@ -233,7 +231,7 @@ impl GpuContext {
             })?;
         result.resize(total, 0.0f32);
 
-        let mut workspace = kernels.lock_workspace();
+        let mut workspace = kernels.workspace.lock();
         self.with_error_scope("computing pairwise distances", || {
             let device = self.device();
             let queue = self.queue();
@@ -316,7 +314,7 @@ impl GpuContext {
         check_buffer("out", buffers.out, shape.output_len()?, storage)?;
         let kernels = self.distance_kernels()?;
         let plan = BlockPlan::new(shape, self.chunk_limits(), OutputLayout::Full)?;
-        let mut workspace = kernels.lock_workspace();
+        let mut workspace = kernels.workspace.lock();
         for block in plan.blocks() {
             kernels.record_block(
                 self,
@@ -508,7 +506,7 @@ pub(crate) struct DistanceKernels {
     layout: wgpu::BindGroupLayout,
     /// Indexed by [`Distance::shader_code`].
     pairwise: Vec<wgpu::ComputePipeline>,
-    workspace: Mutex<DistanceWorkspace>,
+    workspace: Locked<DistanceWorkspace>,
 }
 
 impl DistanceKernels {
@@ -548,16 +546,8 @@ impl DistanceKernels {
         Ok(Self {
             layout,
             pairwise,
-            workspace: Mutex::new(workspace),
+            workspace: Locked::new(workspace),
         })
-    }
-
-    /// The workspace; a panic elsewhere cannot leave its buffers in a state
-    /// that matters, so a poisoned lock is simply taken over.
-    fn lock_workspace(&self) -> std::sync::MutexGuard<'_, DistanceWorkspace> {
-        self.workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records one block: the row preparation it needs (Y when its chunk

@@ -21,8 +21,6 @@
 //! The kernels are `shaders/linear.wgsl`; the CPU mirror is
 //! [`crate::reference::linear`].
 
-use std::sync::Mutex;
-
 use crate::binding::{
     bind_group, bind_group_layout, bytes_of, check_buffer, dispatch, sized_binding, to_u32,
     uniform_buffer, AlignedRange, BYTES_PER_VALUE, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
@@ -30,7 +28,7 @@ use crate::binding::{
 use crate::context::{exactly, GpuContext};
 use crate::distance::check_len;
 use crate::error::{Error, Result};
-use crate::workspace::GrowableBuffer;
+use crate::workspace::{GrowableBuffer, Locked};
 
 const SHADER: &str = include_str!("../shaders/linear.wgsl");
 /// Outputs per `gemm` tile side.
@@ -244,7 +242,7 @@ pub(crate) struct LinearKernels {
     column_sums: wgpu::ComputePipeline,
     /// Bound in place of an absent bias or mask.
     placeholder: wgpu::Buffer,
-    workspace: Mutex<LinearWorkspace>,
+    workspace: Locked<LinearWorkspace>,
 }
 
 impl LinearKernels {
@@ -295,16 +293,8 @@ impl LinearKernels {
             gemm,
             column_sums,
             placeholder,
-            workspace: Mutex::new(workspace),
+            workspace: Locked::new(workspace),
         })
-    }
-
-    /// The workspace; a poisoned lock is taken over (its buffers hold
-    /// nothing that outlives a call).
-    fn lock_workspace(&self) -> std::sync::MutexGuard<'_, LinearWorkspace> {
-        self.workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records `job` as dispatches of at most the device's workgroups per
@@ -545,7 +535,7 @@ impl GpuContext {
             check_len("bias", shape.outputs, bias.len())?;
         }
         let kernels = self.linear_kernels()?;
-        let mut guard = kernels.lock_workspace();
+        let mut guard = kernels.workspace.lock();
         self.with_error_scope("computing a dense layer", || {
             let ws = &mut *guard;
             let device = self.device();
@@ -597,7 +587,7 @@ impl GpuContext {
             check_len("output", output_len, output.len())?;
         }
         let kernels = self.linear_kernels()?;
-        let mut guard = kernels.lock_workspace();
+        let mut guard = kernels.workspace.lock();
         self.with_error_scope("computing a dense layer's gradients", || {
             let ws = &mut *guard;
             let device = self.device();

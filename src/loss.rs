@@ -45,8 +45,6 @@
 //! The kernel is `shaders/loss.wgsl`; its CPU mirror is
 //! [`crate::reference::loss`].
 
-use std::sync::Mutex;
-
 use crate::binding::{
     bind_group, bind_group_layout, bytes_of, dispatch, offset_binding, record_split, sized_binding,
     to_u32, uniform_buffer, AlignedRange, Kernel, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
@@ -55,7 +53,7 @@ use crate::context::{exactly, GpuContext};
 use crate::distance::Distance;
 use crate::error::{Error, Result};
 use crate::rows::{meta_bytes, prepared_bytes, PreparedTarget, RowSource};
-use crate::workspace::GrowableBuffer;
+use crate::workspace::{GrowableBuffer, Locked};
 
 /// The exponent `p` of the hinge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -825,9 +823,9 @@ pub(crate) struct LossKernels {
     pairs_gradient: wgpu::ComputePipeline,
     reduce: wgpu::ComputePipeline,
     finish: wgpu::ComputePipeline,
-    workspace: Mutex<LossWorkspace>,
+    workspace: Locked<LossWorkspace>,
     /// The slice API's copies of its inputs on the device.
-    uploads: Mutex<Uploads>,
+    uploads: Locked<Uploads>,
 }
 
 impl LossKernels {
@@ -902,25 +900,17 @@ impl LossKernels {
             pairs_gradient_layout,
             reduce_layout,
             finish_layout,
-            workspace: Mutex::new(LossWorkspace::new()),
-            uploads: Mutex::new(Uploads::new()),
+            workspace: Locked::new(LossWorkspace::new()),
+            uploads: Locked::new(Uploads::new()),
         })
-    }
-
-    fn lock_workspace(&self) -> std::sync::MutexGuard<'_, LossWorkspace> {
-        self.workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Bytes the workspace holds on the device now.
     pub(crate) fn workspace_bytes(&self) -> u64 {
-        let uploads = self
-            .uploads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let uploads = self.uploads.lock();
         let upload_bytes: u64 = uploads.buffers.iter().map(GrowableBuffer::size).sum();
-        self.lock_workspace()
+        self.workspace
+            .lock()
             .all()
             .map(GrowableBuffer::size)
             .sum::<u64>()
@@ -1865,7 +1855,7 @@ impl GpuContext {
         check_optional("gradient", buffers.gradient, values)?;
         check_totals(buffers.totals)?;
         let kernels = self.loss_kernels()?;
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let job = AllPairsJob {
             x: DeviceSet {
                 rows: buffers.x,
@@ -1908,7 +1898,7 @@ impl GpuContext {
         check_optional("bank_gradient", buffers.bank_gradient, bank_values)?;
         check_totals(buffers.totals)?;
         let kernels = self.loss_kernels()?;
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let job = AllPairsJob {
             x: DeviceSet {
                 rows: buffers.queries,
@@ -1952,7 +1942,7 @@ impl GpuContext {
         check_optional("pair_values", buffers.pair_values, 4 * b)?;
         check_totals(buffers.totals)?;
         let kernels = self.loss_kernels()?;
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let job = PairListJob {
             first: DeviceSet {
                 rows: buffers.x1,
@@ -2001,7 +1991,7 @@ impl GpuContext {
         check_optional("pair_values", buffers.pair_values, 4 * pairs)?;
         check_totals(buffers.totals)?;
         let kernels = self.loss_kernels()?;
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let job = PairListJob {
             first: DeviceSet {
                 rows: buffers.x,
@@ -2042,11 +2032,8 @@ impl GpuContext {
         ) -> Result<(wgpu::Buffer, ReadbackOwned)>,
     ) -> Result<LossResult> {
         let kernels = self.loss_kernels()?;
-        let mut guard = kernels.lock_workspace();
-        let mut uploads = kernels
-            .uploads
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = kernels.workspace.lock();
+        let mut uploads = kernels.uploads.lock();
         self.with_error_scope("computing the contrastive loss", || {
             let ws = &mut *guard;
             let device = self.device();

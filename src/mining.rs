@@ -52,8 +52,6 @@ pub struct Neighbor {
     pub distance: f32,
 }
 
-use std::sync::Mutex;
-
 use crate::binding::{
     bind_group, bind_group_layout, bytes_of, dispatch, record_split, sized_binding, to_u32,
     uniform_buffer, Kernel, MAX_DISPATCH_WORK, READ, READ_WRITE, UNIFORM,
@@ -63,7 +61,7 @@ use crate::distance::{check_len, Distance, DistanceOptions};
 use crate::error::{Error, Result};
 use crate::loss::BankIds;
 use crate::rows::{meta_bytes, prepared_bytes, vec_dim, PreparedTarget, RowSource};
-use crate::workspace::GrowableBuffer;
+use crate::workspace::{GrowableBuffer, Locked};
 
 const SHADER: &str = include_str!("../shaders/mining.wgsl");
 /// Rows and columns of one `batch_hard` / `topk_filter` tile.
@@ -375,7 +373,7 @@ pub(crate) struct MiningKernels {
     margin_count: Vec<wgpu::ComputePipeline>,
     margin_fill: Vec<wgpu::ComputePipeline>,
     margin_scan: wgpu::ComputePipeline,
-    workspace: Mutex<MiningWorkspace>,
+    workspace: Locked<MiningWorkspace>,
 }
 
 impl MiningKernels {
@@ -501,7 +499,7 @@ impl MiningKernels {
             merge_layout,
             init_layout,
             finish_layout,
-            workspace: Mutex::new(MiningWorkspace {
+            workspace: Locked::new(MiningWorkspace {
                 upload_x: upload("mining.upload_x"),
                 upload_x_labels: upload("mining.upload_x_labels"),
                 upload_x_ids: upload("mining.upload_x_ids"),
@@ -543,12 +541,6 @@ impl MiningKernels {
                 ),
             }),
         })
-    }
-
-    fn lock_workspace(&self) -> std::sync::MutexGuard<'_, MiningWorkspace> {
-        self.workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -815,7 +807,7 @@ impl GpuContext {
         let kernels = self.mining_kernels()?;
         let plan = HardPlan::new(self, d, m)?;
         let max_buffer = self.chunk_limits().max_buffer_bytes;
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let mut result = Vec::with_capacity(n);
         self.with_error_scope("mining batch-hard pairs", || {
             let device = self.device();
@@ -917,7 +909,7 @@ impl GpuContext {
         crate::binding::check_buffer("out", buffers.out, 4 * n, storage)?;
         let kernels = self.mining_kernels()?;
         let plan = HardPlan::new(self, d, n)?;
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let side = Side::Device(buffers.x, buffers.labels, None);
         for x0 in (0..n).step_by(plan.row_chunk) {
             for (index, y0) in (0..n).step_by(plan.col_chunk).enumerate() {
@@ -1034,7 +1026,7 @@ impl GpuContext {
         result
             .try_reserve_exact(n.saturating_mul(k))
             .map_err(|_| Error::SizeOverflow { what: "N * k" })?;
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         self.with_error_scope("mining top-k negatives", || {
             let device = self.device();
             let ws = &mut *ws;
@@ -1372,7 +1364,7 @@ impl GpuContext {
             .min((max_groups * TILE) as u64)
             .max(1) as usize;
         let block = block.min(n);
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let mut result = Vec::new();
         self.with_error_scope("mining semi-hard negatives", || {
             let device = self.device();
@@ -1601,7 +1593,7 @@ impl GpuContext {
         let similarity = options.distance.is_similarity();
         let out_capacity = capacity.max(1);
         let kind = options.distance.shader_code() as usize;
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let mut total = 0u64;
         let mut pairs_out = Vec::new();
         self.with_error_scope("mining pair-margin pairs", || {
@@ -1848,7 +1840,7 @@ impl GpuContext {
         let bins = edges.len() - 1;
         let entries = 2 * (bins + 2);
         let pipeline = &kernels.pair_histogram[options.distance.shader_code() as usize];
-        let mut ws = kernels.lock_workspace();
+        let mut ws = kernels.workspace.lock();
         let mut totals = Vec::new();
         self.with_error_scope("computing pair-distance histograms", || {
             let device = self.device();

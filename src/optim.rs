@@ -21,8 +21,6 @@
 //! kernels are `shaders/optim.wgsl`; the CPU mirror is
 //! [`crate::reference::optim`].
 
-use std::sync::Mutex;
-
 use crate::binding::{
     bind_group_layout, bytes_of, check_buffer, offset_binding, record_split, to_u32, Kernel,
     BYTES_PER_VALUE, READ, READ_WRITE, UNIFORM,
@@ -30,7 +28,7 @@ use crate::binding::{
 use crate::context::{exactly, GpuContext};
 use crate::distance::check_len;
 use crate::error::{Error, Result};
-use crate::workspace::GrowableBuffer;
+use crate::workspace::{GrowableBuffer, Locked};
 
 const SHADER: &str = include_str!("../shaders/optim.wgsl");
 /// Invocations per workgroup (`THREADS` in the shader).
@@ -354,7 +352,7 @@ pub(crate) struct OptimKernels {
     add_scaled: wgpu::ComputePipeline,
     /// Bound in place of an absent momentum buffer.
     placeholder: wgpu::Buffer,
-    workspace: Mutex<OptimWorkspace>,
+    workspace: Locked<OptimWorkspace>,
 }
 
 impl OptimKernels {
@@ -410,16 +408,8 @@ impl OptimKernels {
             sgd,
             add_scaled,
             placeholder,
-            workspace: Mutex::new(workspace),
+            workspace: Locked::new(workspace),
         })
-    }
-
-    /// The workspace; a poisoned lock is taken over (its buffers hold
-    /// nothing that outlives a call).
-    fn lock_workspace(&self) -> std::sync::MutexGuard<'_, OptimWorkspace> {
-        self.workspace
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Records `kernel` over `len` values of `buffers` (`None`: the
@@ -737,7 +727,7 @@ impl GpuContext {
         let len = input.len();
         check_values(len)?;
         let kernels = self.optim_kernels()?;
-        let mut guard = kernels.lock_workspace();
+        let mut guard = kernels.workspace.lock();
         self.with_error_scope("updating parameters", || {
             let ws = &mut *guard;
             let device = self.device();

@@ -1,5 +1,7 @@
 //! Device buffers that kernels reuse from call to call, grown on demand.
 
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use crate::context::GpuContext;
 use crate::error::{Error, Result};
 
@@ -80,5 +82,20 @@ impl GrowableBuffer {
         )?;
         ctx.queue().write_buffer(&buffer, 0, bytes);
         Ok(buffer)
+    }
+}
+
+/// A kernel family's reusable buffers behind a lock. A panic while it was
+/// held cannot leave them in a state that matters (every call sizes and
+/// writes what it reads), so a poisoned lock is simply taken over.
+pub(crate) struct Locked<T>(Mutex<T>);
+
+impl<T> Locked<T> {
+    pub(crate) fn new(value: T) -> Self {
+        Self(Mutex::new(value))
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
