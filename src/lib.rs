@@ -70,7 +70,32 @@
 //! [`GpuContext::record_linear_backward`], the update with
 //! [`AdamState::record_step`]) goes into one `CommandEncoder` and one
 //! submission, and the loss stays on the device in a [`LossTotals`] buffer
-//! until the loop copies it out. `examples/train.rs` is such a loop.
+//! until the loop copies it out. `examples/train.rs` is such a loop; its
+//! core, for one dense layer `e = x W + b` trained on the in-batch loss:
+//!
+//! ```no_run
+//! # use contrastive_wgpu::*;
+//! # fn step(gpu: &GpuContext, [x, labels, w, b, e, de, dw, db, totals]: [&wgpu::Buffer; 9],
+//! #         (w_adam, b_adam): (&mut AdamState, &mut AdamState), (n, inputs, d): (usize, usize, usize))
+//! #         -> Result<()> {
+//! let shape = LinearShape::new(n, inputs, d);
+//! let mut encoder = gpu.device().create_command_encoder(&Default::default());
+//! gpu.record_linear_forward(&mut encoder,
+//!     LinearForwardBuffers { input: x, weight: w, bias: Some(b), output: e },
+//!     shape, Activation::Identity)?;
+//! gpu.record_contrastive_in_batch(&mut encoder,
+//!     InBatchBuffers { x: e, labels, gradient: Some(de), totals },
+//!     n, d, &ContrastiveLoss::pytorch_metric_learning())?;
+//! gpu.record_linear_backward(&mut encoder,
+//!     LinearBackwardBuffers { input: x, weight: w, output: None, output_gradient: de,
+//!                             input_gradient: None, weight_gradient: Some(dw),
+//!                             bias_gradient: Some(db) },
+//!     shape, Activation::Identity, GradientWrite::Replace)?;
+//! w_adam.record_step(gpu, &mut encoder, w, dw)?;
+//! b_adam.record_step(gpu, &mut encoder, b, db)?;
+//! gpu.queue().submit([encoder.finish()]);
+//! # Ok(()) }
+//! ```
 
 mod binding;
 pub mod context;
