@@ -591,6 +591,27 @@ impl MiningWorkspace {
         };
         prepare_side(ctx, encoder, side, range, options, uploads, targets)
     }
+
+    /// Prepares rows `x0..x0 + rows` of `x` and `y0..y0 + cols` of `y`
+    /// (`d` values each) and makes the tile of the one against the other.
+    fn prepare_tile(
+        &mut self,
+        ctx: &GpuContext,
+        encoder: &mut wgpu::CommandEncoder,
+        ((x, x0, rows), (y, y0, cols)): ((Side<'_>, usize, usize), (Side<'_>, usize, usize)),
+        (d, options): (usize, DistanceOptions),
+        rule: TileRule,
+    ) -> Result<Tile> {
+        let prepared_x = self.prepare(ctx, encoder, Slot::X, x, (x0, rows, d), options)?;
+        let prepared_y = self.prepare(ctx, encoder, Slot::Y, y, (y0, cols, d), options)?;
+        Tile::new(
+            ctx,
+            (prepared_x, x0, rows),
+            (prepared_y, y0, cols),
+            vec_dim(d),
+            rule,
+        )
+    }
 }
 
 /// Where one side's rows come from.
@@ -1256,21 +1277,12 @@ impl MiningKernels {
         (out, offset): (&wgpu::Buffer, u64),
     ) -> Result<()> {
         let device = ctx.device();
-        let vd = vec_dim(d);
         let ((x0, rows), (y0, cols)) = (block.x, block.y);
-        let tile = Tile::new(
+        let tile = ws.prepare_tile(
             ctx,
-            (
-                ws.prepare(ctx, encoder, Slot::X, x, (x0, rows, d), options)?,
-                x0,
-                rows,
-            ),
-            (
-                ws.prepare(ctx, encoder, Slot::Y, y, (y0, cols, d), options)?,
-                y0,
-                cols,
-            ),
-            vd,
+            encoder,
+            ((x, x0, rows), (y, y0, cols)),
+            (d, options),
             TileRule {
                 skip_same_index: block.in_batch,
                 skip_same_id: block.skip_same_id,
@@ -1614,33 +1626,11 @@ impl GpuContext {
                     .tile_counts
                     .ensure(device, bytes_of(entries + 1), max_buffer)?;
                 let mut encoder = device.create_command_encoder(&Default::default());
-                let tile = Tile::new(
+                let tile = ws.prepare_tile(
                     self,
-                    (
-                        ws.prepare(
-                            self,
-                            &mut encoder,
-                            Slot::X,
-                            Side::Host(set),
-                            (a0, rows, d),
-                            options,
-                        )?,
-                        a0,
-                        rows,
-                    ),
-                    (
-                        ws.prepare(
-                            self,
-                            &mut encoder,
-                            Slot::Y,
-                            Side::Host(set),
-                            (a0, cols, d),
-                            options,
-                        )?,
-                        a0,
-                        cols,
-                    ),
-                    vd,
+                    &mut encoder,
+                    ((Side::Host(set), a0, rows), (Side::Host(set), a0, cols)),
+                    (d, options),
                     TileRule {
                         skip_same_index: true,
                         skip_same_id: false,
@@ -1865,33 +1855,11 @@ impl GpuContext {
                     if in_batch && y0 + cols <= x0 {
                         continue; // every pair here has j < i
                     }
-                    let tile = Tile::new(
+                    let tile = ws.prepare_tile(
                         self,
-                        (
-                            ws.prepare(
-                                self,
-                                &mut encoder,
-                                Slot::X,
-                                Side::Host(x),
-                                (x0, rows, d),
-                                options,
-                            )?,
-                            x0,
-                            rows,
-                        ),
-                        (
-                            ws.prepare(
-                                self,
-                                &mut encoder,
-                                Slot::Y,
-                                Side::Host(y),
-                                (y0, cols, d),
-                                options,
-                            )?,
-                            y0,
-                            cols,
-                        ),
-                        vd,
+                        &mut encoder,
+                        ((Side::Host(x), x0, rows), (Side::Host(y), y0, cols)),
+                        (d, options),
                         TileRule {
                             skip_same_index: in_batch,
                             skip_same_id: x.ids.is_some(),
