@@ -1363,14 +1363,7 @@ impl GpuContext {
         let max_groups = limits.max_workgroups_per_dimension as usize;
         let vd = vec_dim(d);
         let stride = n.next_power_of_two();
-        if n > rows_per_dispatch(self, d)?.min(max_groups * TILE) {
-            return Err(Error::TooLarge {
-                what: format!("a batch of {n} rows for semi-hard mining"),
-                needed: prepared_bytes(n, vd),
-                limit_name: "max_storage_buffer_binding_size",
-                limit: binding,
-            });
-        }
+        check_whole_batch(self, n, d, "semi-hard mining")?;
         let block = (binding / (stride as u64 * ENTRY_BYTES))
             .min(MAX_DISPATCH_WORK / (n as u64 * vd as u64))
             .min((max_groups * TILE) as u64)
@@ -1584,14 +1577,7 @@ impl GpuContext {
         let max_groups = limits.max_workgroups_per_dimension as usize;
         let vd = vec_dim(d);
         let col_tiles = n.div_ceil(TILE);
-        if n > rows_per_dispatch(self, d)?.min(max_groups * TILE) {
-            return Err(Error::TooLarge {
-                what: format!("a batch of {n} rows for pair-margin mining"),
-                needed: prepared_bytes(n, vd),
-                limit_name: "max_storage_buffer_binding_size",
-                limit: binding,
-            });
-        }
+        check_whole_batch(self, n, d, "pair-margin mining")?;
         let block = ((binding / 4 - 1) / col_tiles as u64)
             .min(MAX_DISPATCH_WORK / (n as u64 * vd as u64))
             .min((max_groups * TILE) as u64)
@@ -1729,6 +1715,21 @@ impl GpuContext {
 struct AccumulateParams {
     entries: u32,
     _pad: [u32; 3],
+}
+
+/// Checks that a batch of `n` rows of `d` values fits one binding and one
+/// dispatch of tiles, as the miners that bind the whole batch need.
+fn check_whole_batch(ctx: &GpuContext, n: usize, d: usize, miner: &str) -> Result<()> {
+    let max_groups = ctx.chunk_limits().max_workgroups_per_dimension as usize;
+    if n > rows_per_dispatch(ctx, d)?.min(max_groups * TILE) {
+        return Err(Error::TooLarge {
+            what: format!("a batch of {n} rows for {miner}"),
+            needed: prepared_bytes(n, vec_dim(d)),
+            limit_name: "max_storage_buffer_binding_size",
+            limit: ctx.chunk_limits().max_binding_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// Checks that bin edges are finite and strictly increasing, at least two.
